@@ -1,0 +1,3 @@
+from krmini.cli import main
+
+raise SystemExit(main())

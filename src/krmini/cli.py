@@ -1,0 +1,46 @@
+"""The `krmini` command line: one sub-command per stage, each registered by its own package.
+
+Each module in `COMMAND_MODULES` has `register(subparsers)`, which adds its parser and sets
+`func` to a handler taking the parsed args and returning an exit code. Any `KrminiError` becomes
+one line on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from krmini import __version__
+from krmini.errors import KrminiError
+
+COMMAND_MODULES = [
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="krmini",
+        description="kr-mini-llm: 한국어 소형 LLM을 처음부터 끝까지 / build a small Korean LLM end to end",
+    )
+    parser.add_argument("--version", action="version", version=f"krmini {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KrminiError as exc:
+        print(f"krmini: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("krmini: interrupted", file=sys.stderr)
+        return 130
