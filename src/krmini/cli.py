@@ -15,6 +15,12 @@ from krmini import __version__
 from krmini.errors import KrminiError
 
 COMMAND_MODULES = [
+    "krmini.demo",
+    "krmini.data.cli",
+    "krmini.tokenizer.cli",
+    "krmini.model.cli",
+    "krmini.train.cli",
+    "krmini.infer.cli",
 ]
 
 

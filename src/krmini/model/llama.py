@@ -169,6 +169,13 @@ class LlamaModel(nn.Module):
             nn.init.normal_(layer.self_attn.o_proj.weight, std=std)
             nn.init.normal_(layer.mlp.down_proj.weight, std=std)
 
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        # Keep the RoPE tables in fp32 whatever dtype the weights move to: in bf16 the angles at
+        # long positions lose their low bits and attention blurs.
+        self.rope_cos, self.rope_sin = rope_cache(self.config, self.rope_cos.device)
+        return self
+
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=self.config.initializer_range)

@@ -1,0 +1,1 @@
+"""Corpus → cleaned, deduplicated, split, tokenized binary shards."""

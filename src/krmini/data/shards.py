@@ -1,0 +1,119 @@
+"""Binary token shards and their manifest.
+
+A shard is a flat little-endian array of token ids (`uint16`, or `uint32` when the vocabulary does
+not fit in 16 bits): documents back to back, each wrapped as BOS … EOS. Training memory-maps them.
+`manifest.json` records what is in each split (documents, raw UTF-8 bytes, tokens) — the byte count
+is what turns a loss into bits per byte. Every file is written under a temporary name and renamed
+when complete, so a crash never leaves a shard that looks whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from krmini.errors import KrminiError
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16 if vocab_size <= 65536 else np.uint32)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class SplitStats:
+    documents: int = 0
+    bytes: int = 0
+    tokens: int = 0
+    shards: list[str] = field(default_factory=list)
+
+
+class ShardWriter:
+    """Append documents' token ids to `{split}_{index:05d}.bin`, starting a new shard every `shard_tokens`."""
+
+    def __init__(self, out_dir: Path, split: str, dtype: np.dtype, shard_tokens: int, stats: SplitStats) -> None:
+        self.out_dir, self.split, self.dtype, self.shard_tokens, self.stats = out_dir, split, dtype, shard_tokens, stats
+        self._fh = None
+        self._tmp: Path | None = None
+        self._written = 0
+
+    def _open(self) -> None:
+        name = f"{self.split}_{len(self.stats.shards):05d}.bin"
+        self._tmp = self.out_dir / (name + ".tmp")
+        self._fh = open(self._tmp, "wb")
+        self._written = 0
+        self.stats.shards.append(name)
+
+    def write(self, ids: np.ndarray, n_bytes: int) -> None:
+        if self._fh is None or self._written >= self.shard_tokens:
+            self.close()
+            self._open()
+        self._fh.write(ids.astype(self.dtype, copy=False).tobytes())
+        self._written += len(ids)
+        self.stats.documents += 1
+        self.stats.bytes += n_bytes
+        self.stats.tokens += len(ids)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            os.replace(self._tmp, self._tmp.with_suffix(""))
+            self._fh = None
+
+
+def write_manifest(out_dir: Path, manifest: dict) -> None:
+    atomic_write_bytes(out_dir / MANIFEST, json.dumps(manifest, ensure_ascii=False, indent=2).encode("utf-8"))
+
+
+def read_manifest(data_dir: str | Path) -> dict:
+    path = Path(data_dir) / MANIFEST
+    if not path.is_file():
+        raise KrminiError(f"{path}: no manifest; run `krmini prepare` to create the data directory")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise KrminiError(f"{path}: corrupt manifest ({exc})") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise KrminiError(f"{path}: format_version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}")
+    return manifest
+
+
+def split_stats(manifest: dict, split: str) -> SplitStats:
+    return SplitStats(**manifest["splits"][split])
+
+
+def load_split(data_dir: str | Path, split: str) -> list[np.ndarray]:
+    """Memory-map every shard of a split, checking each holds a whole number of tokens."""
+    data_dir = Path(data_dir)
+    manifest = read_manifest(data_dir)
+    dtype = np.dtype(manifest["dtype"])
+    arrays = []
+    for name in manifest["splits"][split]["shards"]:
+        path = data_dir / name
+        if not path.is_file():
+            raise KrminiError(f"{path}: shard listed in the manifest is missing")
+        if path.stat().st_size % dtype.itemsize:
+            raise KrminiError(f"{path}: truncated shard (size is not a multiple of {dtype.itemsize} bytes)")
+        arrays.append(np.memmap(path, dtype=dtype, mode="r"))
+    expected = manifest["splits"][split]["tokens"]
+    if sum(len(a) for a in arrays) != expected:
+        raise KrminiError(f"{data_dir}: {split} shards hold {sum(len(a) for a in arrays)} tokens, manifest says {expected}")
+    return arrays
+

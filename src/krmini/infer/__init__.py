@@ -1,0 +1,1 @@
+"""Loading trained checkpoints and generating text from them."""

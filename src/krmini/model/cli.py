@@ -1,0 +1,44 @@
+"""`krmini model-info`."""
+
+from __future__ import annotations
+
+from krmini.model.info import count_parameters, estimate_memory, human_bytes
+from krmini.train.config import load_run_config
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "model-info", help="파라미터 수·메모리 추정 / parameters and estimated memory of a config",
+        description="Print parameter counts and estimated training memory (weights, gradients, AdamW state, "
+        "activations) for a run config, without building the model.",
+    )
+    p.add_argument("config", help="run config YAML (e.g. configs/small.yaml)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model.num_hidden_layers=6")
+    p.add_argument("--batch", type=int, help="micro-batch size (default: the config's train.batch_size)")
+    p.add_argument("--seq-len", type=int, help="sequence length (default: the config's train.seq_len)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="activation precision")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    cfg = load_run_config(args.config, args.overrides)
+    m = cfg.model
+    batch = args.batch or cfg.train.batch_size
+    seq_len = args.seq_len or cfg.train.seq_len
+    precision = args.precision or ("fp32" if cfg.train.precision in ("auto", "fp32") else cfg.train.precision)
+    counts = count_parameters(m)
+    mem = estimate_memory(m, batch, seq_len, precision)
+    print(f"config: {args.config}")
+    print(f"  vocab {m.vocab_size}, hidden {m.hidden_size}, layers {m.num_hidden_layers}, heads "
+          f"{m.num_attention_heads} (kv {m.num_key_value_heads}, head_dim {m.head_dim}), SwiGLU "
+          f"{m.intermediate_size}, context {m.max_position_embeddings}, tied {m.tie_word_embeddings}")
+    print("parameters:")
+    for name, n in counts.items():
+        print(f"  {name:<12} {n:>15,}  ({n / 1e6:.1f}M)")
+    print(f"memory, training at batch {batch} × {seq_len} tokens, {precision} activations:")
+    for name in ("weights", "gradients", "optimizer", "activations"):
+        print(f"  {name:<12} {human_bytes(getattr(mem, name)):>12}")
+    print(f"  {'total':<12} {human_bytes(mem.training):>12}")
+    print(f"inference weights: fp32 {human_bytes(counts['total'] * 4)}, bf16 {human_bytes(counts['total'] * 2)}, "
+          f"int8 {human_bytes(counts['total'])}")
+    return 0

@@ -1,0 +1,125 @@
+"""The tokenizer: BPE over characters with byte fallback, built on Hugging Face `tokenizers`.
+
+Why this shape (Llama-2 style): text is split at spaces, each space becoming part of the next word
+as "▁"; BPE merges frequent character sequences (Hangul syllables are single characters, so common
+words become one token); any character the vocabulary lacks is spelled as its UTF-8 bytes
+`<0xEA><0xB0><0x80>` — there is no `<unk>`, every string round-trips. Digits are split one by one.
+
+Ids: the special tokens first, then the 256 byte tokens, then the learned merges. The directory it
+saves (`tokenizer.json` + `tokenizer_config.json`) loads in `transformers.AutoTokenizer` as-is.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+from krmini.errors import KrminiError
+
+PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
+CHAT_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+RESERVED = [f"<|reserved_{i}|>" for i in range(8)]
+SPECIAL_TOKENS = [PAD, BOS, EOS, *CHAT_TOKENS, *RESERVED]
+BYTE_TOKENS = [f"<0x{b:02X}>" for b in range(256)]
+TOKENIZER_FILE = "tokenizer.json"
+CONFIG_FILE = "tokenizer_config.json"
+
+
+def _pipeline(tok: Tokenizer) -> Tokenizer:
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never"), pre_tokenizers.Digits(individual_digits=True)]
+    )
+    # prepend_scheme="never" and no Strip: decoding any slice of ids gives exactly its text, which
+    # keeps round trips lossless and lets streaming decode piece by piece.
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    return tok
+
+
+class KoTokenizer:
+    def __init__(self, tok: Tokenizer) -> None:
+        self.tok = tok
+        self.pad_id, self.bos_id, self.eos_id = (self.token_id(t) for t in (PAD, BOS, EOS))
+
+    # ---- training -------------------------------------------------------------------------------
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int = 32000, min_frequency: int = 2,
+              limit_alphabet: int = 4000, show_progress: bool = True) -> KoTokenizer:
+        """Learn merges from `texts`, then lay out ids as specials, bytes, merges."""
+        reserved = len(SPECIAL_TOKENS) + len(BYTE_TOKENS)
+        if vocab_size < reserved + 64:
+            raise KrminiError(f"vocab_size: expected at least {reserved + 64}, got {vocab_size}")
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size - len(BYTE_TOKENS),
+            min_frequency=min_frequency,
+            limit_alphabet=limit_alphabet,
+            special_tokens=SPECIAL_TOKENS,
+            show_progress=show_progress,
+        )
+        draft = _pipeline(Tokenizer(models.BPE(byte_fallback=True)))
+        draft.train_from_iterator(texts, trainer)
+        learned = json.loads(draft.to_str())["model"]
+        learned_vocab = sorted(learned["vocab"].items(), key=lambda kv: kv[1])
+        if len(learned_vocab) <= len(SPECIAL_TOKENS):
+            raise KrminiError("tokenizer training saw no text: the corpus is empty")
+        vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS + BYTE_TOKENS)}
+        for token, _ in learned_vocab:
+            vocab.setdefault(token, len(vocab))
+        merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in learned["merges"]]
+        tok = _pipeline(Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=True, fuse_unk=False)))
+        tok.add_special_tokens(SPECIAL_TOKENS)
+        return cls(tok)
+
+    # ---- persistence ----------------------------------------------------------------------------
+    def save(self, out_dir: str | Path, model_max_length: int = 2048) -> Path:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.tok.save(str(out / TOKENIZER_FILE))
+        config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": BOS,
+            "eos_token": EOS,
+            "pad_token": PAD,
+            "unk_token": None,
+            "additional_special_tokens": CHAT_TOKENS,
+            "add_bos_token": False,
+            "add_eos_token": False,
+            "clean_up_tokenization_spaces": False,
+            "model_max_length": model_max_length,
+        }
+        (out / CONFIG_FILE).write_text(json.dumps(config, ensure_ascii=False, indent=2), encoding="utf-8")
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path) -> KoTokenizer:
+        path = Path(path)
+        file = path / TOKENIZER_FILE if path.is_dir() else path
+        if not file.is_file():
+            raise KrminiError(f"{file}: tokenizer not found (expected a directory with {TOKENIZER_FILE})")
+        try:
+            return cls(Tokenizer.from_file(str(file)))
+        except Exception as exc:  # the Rust library raises its own exception type
+            raise KrminiError(f"{file}: not a valid tokenizer file ({exc})") from None
+
+    # ---- use ------------------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size()
+
+    def token_id(self, token: str) -> int:
+        i = self.tok.token_to_id(token)
+        if i is None:
+            raise KrminiError(f"tokenizer has no token {token!r}")
+        return i
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)

@@ -1,0 +1,1 @@
+"""Pretraining: config, optimizer and schedule, data windows, checkpoints, the training loop."""

@@ -1,0 +1,84 @@
+"""The run config: one YAML file with a `model:` and a `train:` section."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from krmini.config import apply_overrides, from_dict, load_yaml
+from krmini.device import PRECISIONS
+from krmini.errors import KrminiError
+from krmini.model.config import ModelConfig
+
+
+@dataclass
+class TrainConfig:
+    data_dir: str = ""  # from `krmini prepare`
+    out_dir: str = "runs/default"
+    seq_len: int = 256
+    batch_size: int = 8  # sequences per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    max_steps: int = 1000
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1  # cosine decays to lr × this
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    eval_interval: int = 100
+    eval_tokens: int = 1_000_000  # validation tokens per evaluation (at most)
+    save_interval: int = 500
+    keep_checkpoints: int = 2
+    log_interval: int = 10
+    device: str = "auto"
+    precision: str = "auto"
+    seed: int = 1337
+
+    def validate(self, where: str = "train") -> None:
+        for name in ("seq_len", "batch_size", "grad_accum", "max_steps", "eval_interval", "save_interval",
+                     "log_interval", "eval_tokens", "keep_checkpoints"):
+            if getattr(self, name) <= 0:
+                raise KrminiError(f"{where}.{name}: expected a positive integer, got {getattr(self, name)}")
+        if self.warmup_steps < 0:
+            raise KrminiError(f"{where}.warmup_steps: expected >= 0, got {self.warmup_steps}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise KrminiError(f"{where}.min_lr_ratio: expected a value in [0, 1], got {self.min_lr_ratio}")
+        if self.lr <= 0:
+            raise KrminiError(f"{where}.lr: expected a positive number, got {self.lr}")
+        if self.precision not in PRECISIONS:
+            raise KrminiError(f"{where}.precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self, where: str = "config") -> None:
+        if self.train.seq_len > self.model.max_position_embeddings:
+            raise KrminiError(f"{where}: train.seq_len {self.train.seq_len} exceeds "
+                              f"model.max_position_embeddings {self.model.max_position_embeddings}")
+
+
+def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    if path:
+        path = resolve_config_path(str(path))
+    data = load_yaml(path) if path else {}
+    apply_overrides(data, overrides or [])
+    return from_dict(RunConfig, data, str(path or "config"))
+
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+
+
+def resolve_config_path(name: str) -> Path:
+    """A YAML path, or the name of a bundled preset (tiny, small, medium, large)."""
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    preset = PRESETS_DIR / f"{name}.yaml"
+    if preset.is_file():
+        return preset
+    known = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+    raise KrminiError(f"{name}: no such config file or preset (presets: {', '.join(known)})")
