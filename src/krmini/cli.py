@@ -15,6 +15,7 @@ from krmini import __version__
 from krmini.errors import KrminiError
 
 COMMAND_MODULES = [
+    "krmini.lab.cli",
 ]
 
 
