@@ -24,6 +24,13 @@ STEPS = {
 }
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     lab = subparsers.add_parser(
         "lab",
@@ -37,34 +44,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser.add_argument(
             "--out", type=Path, default=Path("runs/lab") / name, help="출력 폴더 / output folder"
         )
-        parser.add_argument("--threads", type=int, default=None, help="torch·BLAS 스레드 수 / thread count")
+        parser.add_argument("--threads", type=positive_int, default=None, help="torch·BLAS 스레드 수 / thread count")
 
     p = parsers["autograd"]
-    p.add_argument("--graphs", type=int, default=20, help="무작위 식 그래프 수 / random graphs to check")
-    p.add_argument("--depth", type=int, default=10_000, help="깊은 사슬의 길이 / length of the deep chain")
+    p.add_argument("--graphs", type=positive_int, default=20, help="무작위 식 그래프 수 / random graphs to check")
+    p.add_argument("--depth", type=positive_int, default=10_000, help="깊은 사슬의 길이 / length of the deep chain")
     p.set_defaults(func=run_autograd)
 
     p = parsers["mlp"]
-    p.add_argument("--steps", type=int, default=200, help="경사 하강 횟수 / gradient steps")
-    p.add_argument("--hidden", type=int, default=8, help="은닉 뉴런 수 / hidden neurons")
+    p.add_argument("--steps", type=positive_int, default=200, help="경사 하강 횟수 / gradient steps")
+    p.add_argument("--hidden", type=positive_int, default=8, help="은닉 뉴런 수 / hidden neurons")
     p.add_argument("--lr", type=float, default=0.1, help="학습률 / learning rate")
     p.set_defaults(func=run_mlp)
 
     p = parsers["digits"]
-    p.add_argument("--epochs", type=int, default=30, help="에폭 수 / epochs")
-    p.add_argument("--hidden", type=int, default=64, help="은닉층 폭 / hidden width")
+    p.add_argument("--epochs", type=positive_int, default=30, help="에폭 수 / epochs")
+    p.add_argument("--hidden", type=positive_int, default=64, help="은닉층 폭 / hidden width")
     p.set_defaults(func=run_digits)
 
     p = parsers["attention"]
     p.add_argument("--text", default="나는 오늘 학교에 간다.", help="문장 / sentence to attend over")
-    p.add_argument("--heads", type=int, default=4, help="헤드 수 / attention heads")
-    p.add_argument("--dim", type=int, default=32, help="모델 폭 / model width")
+    p.add_argument("--heads", type=positive_int, default=4, help="헤드 수 / attention heads")
+    p.add_argument("--dim", type=positive_int, default=32, help="모델 폭 / model width")
     p.add_argument("--bidirectional", action="store_true", help="인과 마스크 없이 / no causal mask")
     p.set_defaults(func=run_attention)
 
     p = parsers["transformer"]
-    p.add_argument("--steps", type=int, default=300, help="학습 스텝 / training steps")
-    p.add_argument("--length", type=int, default=8, help="수열 길이 / sequence length")
+    p.add_argument("--steps", type=positive_int, default=300, help="학습 스텝 / training steps")
+    p.add_argument("--length", type=positive_int, default=8, help="수열 길이 / sequence length")
     p.add_argument(
         "--pre-norm", action="store_true", help="pre-norm (기본은 논문의 post-norm / default post-norm)"
     )
@@ -75,8 +82,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--data", type=Path, default=None, help="텍스트/JSONL (기본: 내장 한국어 문단) / text or JSONL"
     )
     p.add_argument("--field", default="text", help="JSONL 필드 / JSONL field")
-    p.add_argument("--max-chars", type=int, default=20_000, help="읽을 최대 글자 수 / characters to read")
-    p.add_argument("--steps", type=int, default=300, help="Adam 스텝 / Adam steps")
+    p.add_argument("--max-chars", type=positive_int, default=20_000, help="읽을 최대 글자 수 / characters to read")
+    p.add_argument("--steps", type=positive_int, default=300, help="Adam 스텝 / Adam steps")
     p.add_argument(
         "--activation", choices=["gelu", "relu"], default="gelu", help="FFN 활성화 / FFN activation"
     )
@@ -90,10 +97,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="텍스트/JSONL / text or JSONL",
     )
     p.add_argument("--field", default="text", help="JSONL 필드 / JSONL field")
-    p.add_argument("--max-chars", type=int, default=None, help="읽을 최대 글자 수 / characters to read")
-    p.add_argument("--iters", type=int, default=2000, help="학습 반복 / training iterations")
-    p.add_argument("--eval-interval", type=int, default=250, help="평가 간격 / evaluate every N iterations")
-    p.add_argument("--eval-batches", type=int, default=200, help="평가 배치 수 / batches per evaluation")
+    p.add_argument("--max-chars", type=positive_int, default=None, help="읽을 최대 글자 수 / characters to read")
+    p.add_argument("--iters", type=positive_int, default=2000, help="학습 반복 / training iterations")
+    p.add_argument("--eval-interval", type=positive_int, default=250, help="평가 간격 / evaluate every N iterations")
+    p.add_argument("--eval-batches", type=positive_int, default=200, help="평가 배치 수 / batches per evaluation")
     p.set_defaults(func=run_char_gpt)
 
 
@@ -186,7 +193,7 @@ def run_numpy_lm(args) -> int:
         )
     print(f"vocabulary {len(result.vocab)} characters, {len(text)} characters of text")
     print(
-        f"held-fixed windows: loss {result.initial_eval:.4f} → {result.final_eval:.4f} ({time.perf_counter() - start:.1f}s)"
+        f"fixed windows of the training text: loss {result.initial_eval:.4f} → {result.final_eval:.4f} ({time.perf_counter() - start:.1f}s)"
     )
     return 0
 

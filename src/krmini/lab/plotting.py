@@ -66,7 +66,8 @@ def token_labels(tokens: list[str]) -> list[str]:
 
 
 def plot_attention(weights: np.ndarray, tokens: list[str], path: Path, title: str) -> Path:
-    """Draw one heat-map per head; `weights` is (heads, T, T), rows are queries."""
+    """Draw one heat-map per head (a single one carries only `title`); `weights` is (heads, T, T),
+    rows are queries."""
     labels = token_labels(tokens)
     font = korean_font()
     n_heads = weights.shape[0]
@@ -79,7 +80,8 @@ def plot_attention(weights: np.ndarray, tokens: list[str], path: Path, title: st
             ax.axis("off")
             continue
         ax.imshow(weights[h], cmap="viridis", vmin=0.0, vmax=1.0)
-        ax.set_title(f"head {h}")
+        if n_heads > 1:
+            ax.set_title(f"head {h}")
         ax.set_xticks(range(len(labels)), labels, fontsize=8, family=font or "sans-serif")
         ax.set_yticks(range(len(labels)), labels, fontsize=8, family=font or "sans-serif")
         ax.set_xlabel("key")
