@@ -26,15 +26,8 @@ class ModelConfig:
         return self.hidden_size // self.num_attention_heads
 
     def validate(self, where: str = "model") -> None:
-        for name in (
-            "vocab_size",
-            "hidden_size",
-            "intermediate_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "num_key_value_heads",
-            "max_position_embeddings",
-        ):
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                     "num_attention_heads", "num_key_value_heads", "max_position_embeddings"):
             if getattr(self, name) <= 0:
                 raise KrminiError(f"{where}.{name}: expected a positive integer, got {getattr(self, name)}")
         if self.hidden_size % self.num_attention_heads:

@@ -38,9 +38,7 @@ class RMSNorm(nn.Module):
 def rope_cache(config: ModelConfig, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables of shape (max_positions, head_dim) in Hugging Face's half-split layout."""
     dim = config.head_dim
-    inv_freq = 1.0 / (
-        config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim)
-    )
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim))
     t = torch.arange(config.max_position_embeddings, dtype=torch.float32, device=device)
     freqs = torch.outer(t, inv_freq)
     emb = torch.cat((freqs, freqs), dim=-1)
@@ -78,9 +76,7 @@ class KVCache:
     @classmethod
     def empty(cls, config: ModelConfig, batch: int, max_len: int, device, dtype) -> KVCache:
         shape = (config.num_hidden_layers, batch, config.num_key_value_heads, max_len, config.head_dim)
-        return cls(
-            torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
-        )
+        return cls(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
 
     @property
     def max_len(self) -> int:
@@ -111,13 +107,9 @@ class Attention(nn.Module):
             k = cache.k[layer, :, :, : start + T]
             v = cache.v[layer, :, :, : start + T]
         if mask is None:
-            out = F.scaled_dot_product_attention(
-                q, k, v, is_causal=T > 1, enable_gqa=self.n_kv != self.n_heads
-            )
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=self.n_kv != self.n_heads)
         else:
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, enable_gqa=self.n_kv != self.n_heads
-            )
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv != self.n_heads)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -218,7 +210,5 @@ class LlamaModel(nn.Module):
         if targets is None:
             return self.lm_head(x), None
         logits = self.lm_head(x)
-        loss = F.cross_entropy(
-            logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100
-        )
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
         return logits, loss
