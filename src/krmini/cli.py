@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "krmini.model.cli",
     "krmini.train.cli",
     "krmini.infer.cli",
+    "krmini.lab.cli",
 ]
 
 
