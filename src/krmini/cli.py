@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "krmini.train.cli",
     "krmini.infer.cli",
     "krmini.lab.cli",
+    "krmini.bench.cli",
 ]
 
 

@@ -55,7 +55,7 @@ class ShardWriter:
     def _open(self) -> None:
         name = f"{self.split}_{len(self.stats.shards):05d}.bin"
         self._tmp = self.out_dir / (name + ".tmp")
-        self._fh = open(self._tmp, "wb")
+        self._fh = open(self._tmp, "wb")  # noqa: SIM115 (kept open across write() calls)
         self._written = 0
         self.stats.shards.append(name)
 

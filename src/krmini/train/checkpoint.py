@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import shutil
-
 from pathlib import Path
 from typing import Any
 

@@ -1,0 +1,1 @@
+"""`krmini bench …`: measured speed and quality figures, each sub-benchmark in its own module."""
