@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -26,6 +26,15 @@ from krmini.train import checkpoint as ckpt
 from krmini.train.config import RunConfig
 from krmini.train.metrics import MetricsLog, plot_loss
 from krmini.train.optim import build_optimizer, lr_at
+
+
+@dataclass
+class BatchSources:
+    """Where training and validation batches come from (see `TokenWindows` for the interface)."""
+
+    train: TokenWindows
+    val: TokenWindows
+    val_bytes_per_token: float  # raw UTF-8 bytes per validation token, for bits per byte
 
 
 def _format_seconds(s: float) -> str:
@@ -56,7 +65,12 @@ def evaluate(model: LlamaModel, windows: TokenWindows, bytes_per_token: float, c
             "val_bpb": total_nats / math.log(2) / (total_tokens * bytes_per_token), "val_tokens": total_tokens}
 
 
-def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> dict:
+def train(cfg: RunConfig, resume: bool = False, progress: bool = True, batches: BatchSources | None = None) -> dict:
+    """Run (or resume) a training run; returns the last logged metrics.
+
+    `batches` replaces the pretraining shards with other batch sources (instruction tuning passes
+    masked conversation batches); by default they are windows over `train.data_dir`.
+    """
     t = cfg.train
     if not t.data_dir:
         raise KrminiError("train.data_dir: not set; point it at a directory made by `krmini prepare`")
@@ -98,10 +112,12 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> dict:
         KoTokenizer.load(manifest["tokenizer"]).save(tokenizer_dir, cfg.model.max_position_embeddings)
     (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), allow_unicode=True, sort_keys=False), encoding="utf-8")
 
-    train_windows = TokenWindows(load_split(t.data_dir, "train"), t.seq_len, t.seed)
-    val_windows = TokenWindows(load_split(t.data_dir, "val"), t.seq_len, t.seed)
-    val_split = manifest["splits"]["val"]
-    bytes_per_token = val_split["bytes"] / val_split["tokens"]
+    if batches is None:
+        val_split = manifest["splits"]["val"]
+        batches = BatchSources(TokenWindows(load_split(t.data_dir, "train"), t.seq_len, t.seed),
+                               TokenWindows(load_split(t.data_dir, "val"), t.seq_len, t.seed),
+                               val_split["bytes"] / val_split["tokens"])
+    train_windows, val_windows, bytes_per_token = batches.train, batches.val, batches.val_bytes_per_token
     metrics = MetricsLog(out / "metrics.jsonl", truncate_after_step=start_step)
     tokens_per_step = t.batch_size * t.grad_accum * t.seq_len
     n_params = model.num_parameters()

@@ -1,0 +1,1 @@
+"""Export to the ecosystem: Hugging Face `transformers` layout (and, later, GGUF)."""
