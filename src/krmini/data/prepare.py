@@ -224,54 +224,56 @@ def prepare(inputs: list, tokenizer: KoTokenizer, tokenizer_path: str, out_dir: 
     bar = tqdm(desc="prepare", unit="B", unit_scale=True, disable=not progress, dynamic_ncols=True)
     start = time.perf_counter()
 
-    for (_, _, si, docs), res in ordered_results(_chunks(sources, problems, config, acc, bar), setup, workers):
-        weight = sources[si].weight
-        written = acc.written[si]
-        offset = 0
-        raw_bytes = 0
-        acc.pii.update(documents=res.pii_documents, replacements=res.pii_replacements)
-        acc.boilerplate.update(documents=res.boilerplate_documents, chars=res.boilerplate_chars)
-        for i, doc in enumerate(docs):
-            n_raw = len(doc.text.encode("utf-8"))
-            raw_bytes += n_raw
-            tokens = res.tokens[offset : offset + res.token_counts[i]]
-            offset += res.token_counts[i]
-            reason = res.reasons[i]
-            if reason == "other_machine":
-                continue
-            acc.count_read(si, n_raw)
-            where = f"{doc.source}:{doc.line}"
-            note = ""
-            if reason is None:
-                digest = res.digests[i]
-                if digest in exact:
-                    reason = "duplicate"
-                else:
-                    exact.add(digest)
-                    if near is not None and res.has_ngrams[i]:
-                        match = near.match_or_add(res.band_keys[i], len(exact) - 1)
-                        if match is not None:
-                            reason = "near_duplicate"
-                            note = f"  ≈ {locations[match]}" if dry_run else ""
-                    if dry_run:
-                        locations.append(where)
-            if reason is None:
-                n = copies(digest, weight)
-                reason = None if n else "sampled_out"
-            if reason is not None:
-                acc.count_removed(si, reason, n_raw, where, doc.text, note)
-                continue
-            split = split_of(digest, config.val_fraction, config.test_fraction)
-            repeats = n if split == "train" else 1
-            for _ in range(repeats):
-                if writers:
-                    writers[split].write(tokens, res.clean_bytes[i])
-            written.update(unique_documents=1, documents=repeats, bytes=res.clean_bytes[i] * repeats,
-                           tokens=len(tokens) * repeats)
-            if split == "train":
-                written["train_tokens"] += len(tokens) * repeats
-        bar.update(raw_bytes)
-    bar.close()
+    try:
+        for (_, _, si, docs), res in ordered_results(_chunks(sources, problems, config, acc, bar), setup, workers):
+            weight = sources[si].weight
+            written = acc.written[si]
+            offset = 0
+            raw_bytes = 0
+            acc.pii.update(documents=res.pii_documents, replacements=res.pii_replacements)
+            acc.boilerplate.update(documents=res.boilerplate_documents, chars=res.boilerplate_chars)
+            for i, doc in enumerate(docs):
+                n_raw = len(doc.text.encode("utf-8"))
+                raw_bytes += n_raw
+                tokens = res.tokens[offset : offset + res.token_counts[i]]
+                offset += res.token_counts[i]
+                reason = res.reasons[i]
+                if reason == "other_machine":
+                    continue
+                acc.count_read(si, n_raw)
+                where = f"{doc.source}:{doc.line}"
+                note = ""
+                if reason is None:
+                    digest = res.digests[i]
+                    if digest in exact:
+                        reason = "duplicate"
+                    else:
+                        exact.add(digest)
+                        if near is not None and res.has_ngrams[i]:
+                            match = near.match_or_add(res.band_keys[i], len(exact) - 1)
+                            if match is not None:
+                                reason = "near_duplicate"
+                                note = f"  ≈ {locations[match]}" if dry_run else ""
+                        if dry_run:
+                            locations.append(where)
+                if reason is None:
+                    n = copies(digest, weight)
+                    reason = None if n else "sampled_out"
+                if reason is not None:
+                    acc.count_removed(si, reason, n_raw, where, doc.text, note)
+                    continue
+                split = split_of(digest, config.val_fraction, config.test_fraction)
+                repeats = n if split == "train" else 1
+                for _ in range(repeats):
+                    if writers:
+                        writers[split].write(tokens, res.clean_bytes[i])
+                written.update(unique_documents=1, documents=repeats, bytes=res.clean_bytes[i] * repeats,
+                               tokens=len(tokens) * repeats)
+                if split == "train":
+                    written["train_tokens"] += len(tokens) * repeats
+            bar.update(raw_bytes)
+    finally:
+        bar.close()
     for w in writers.values():
         w.close()
     return _finish(sources, tokenizer, tokenizer_path, config, acc, problems, stats, start, dtype,

@@ -127,7 +127,7 @@ def _jsonl_documents(path: Path, text_field: str, problems: ReadProblems) -> Ite
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            problems.report("invalid_json", f"{path}:{lineno}", f"not valid JSON ({exc.msg} at column {exc.colno})")
+            problems.report("invalid_json", f"{path}:{lineno}", f"not valid JSON ({exc.msg}, column {exc.colno})")
             continue
         if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
             problems.report("missing_field", f"{path}:{lineno}", f"expected an object with a string field {text_field!r}")

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from krmini.data.readers import Document, ReadProblems, open_binary
+from krmini.errors import KrminiError
 
 ARTICLE_NAMESPACE = 0
 DISAMBIGUATION_TEMPLATES = {"동음이의", "동음이의어", "disambig", "disambiguation", "dab", "동명이인", "지명 동음이의"}
@@ -122,9 +123,14 @@ def read_wikipedia(path: str | Path, problems: ReadProblems) -> Iterator[Documen
     Pages outside the main namespace and redirects come out with `skip` set, so they are counted.
     A dump cut short or malformed is reported with the number of pages read before the damage.
     """
-    import mwxml
-
+    try:
+        import mwparserfromhell  # noqa: F401 (the workers convert wikitext with it)
+        import mwxml
+    except ImportError:
+        raise KrminiError("Wikipedia dumps need mwxml and mwparserfromhell: pip install 'krmini[wiki]'") from None
     path = Path(path)
+    if not path.is_file():
+        raise KrminiError(f"{path}: Wikipedia dump not found (get one with `krmini download kowiki`)")
     pages = 0
     try:
         with open_binary(path) as fh:
