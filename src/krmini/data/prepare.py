@@ -267,6 +267,10 @@ def prepare(inputs: list, tokenizer: KoTokenizer, tokenizer_path: str, out_dir: 
                 for _ in range(repeats):
                     if writers:
                         writers[split].write(tokens, res.clean_bytes[i])
+                    else:  # dry run: count what would be written
+                        stats[split].documents += 1
+                        stats[split].bytes += res.clean_bytes[i]
+                        stats[split].tokens += len(tokens)
                 written.update(unique_documents=1, documents=repeats, bytes=res.clean_bytes[i] * repeats,
                                tokens=len(tokens) * repeats)
                 if split == "train":
