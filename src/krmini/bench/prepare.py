@@ -2,7 +2,9 @@
 tokenize → write) on ../shared/data/pretrain, with 1 and with N worker processes.
 
 Without --tokenizer a 32k tokenizer is trained on a sample first; that time is not counted. MB/s is
-input file bytes (and, separately, document text bytes) per second of wall time. --profile adds a
+input file bytes (and, separately, document text bytes) per second of wall time; CPU seconds
+(this process and its workers) are reported too, since on a shared machine wall time mostly
+measures the neighbours. --profile adds a
 cProfile of a one-worker run (everything in one process), summed by pipeline stage.
 """
 
@@ -12,6 +14,7 @@ import cProfile
 import json
 import os
 import pstats
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +34,13 @@ STAGES = {
     "MinHash signatures": ("signatures", "band_keys", "ngram_hashes", "repeated_ngram_ratio"),
     "dedup index + split + write": ("match_or_add", "write", "split_of", "copies"),
 }
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the worker pool): contention on a
+    shared machine stretches wall time, much less the CPU time the work itself needs."""
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _stage_profile(stats: pstats.Stats, total: float) -> dict[str, float]:
@@ -53,12 +63,15 @@ def run_benchmark(inputs: list[str], tokenizer_dir: str | None, workers: list[in
         results = {"input_mb": round(file_mb, 1), "cpus": os.cpu_count(), "runs": []}
         for _ in range(repeats):
             for w in workers:
+                cpu = _cpu_seconds()
                 start = time.perf_counter()
                 m = prepare(inputs, tok, tokenizer_dir, Path(tmp) / f"out{w}", PrepareConfig(workers=w), progress=False)
                 seconds = time.perf_counter() - start
+                cpu = _cpu_seconds() - cpu
                 text_mb = sum(s["read"]["bytes"] for s in m["sources"].values()) / 1e6
-                results["runs"].append({"workers": w, "seconds": round(seconds, 1),
-                                        "file_mb_s": round(file_mb / seconds, 2), "text_mb_s": round(text_mb / seconds, 2)})
+                results["runs"].append({"workers": w, "seconds": round(seconds, 1), "cpu_seconds": round(cpu, 1),
+                                        "file_mb_s": round(file_mb / seconds, 2), "text_mb_s": round(text_mb / seconds, 2),
+                                        "text_mb_per_cpu_s": round(text_mb / cpu, 2)})
                 results["documents"] = m["documents"]
                 results["removed"] = m["sources"]["input"]["removed"]
         if profile:
@@ -87,9 +100,10 @@ def register(subparsers) -> None:
 def run(args) -> int:
     r = run_benchmark(args.inputs, args.tokenizer, args.workers, args.repeats, args.profile)
     print(f"input {r['input_mb']} MB, {r['cpus']} CPUs")
-    print(f"{'workers':>8}{'seconds':>9}{'file MB/s':>11}{'text MB/s':>11}")
-    for run_ in r["runs"]:
-        print(f"{run_['workers']:>8}{run_['seconds']:>9}{run_['file_mb_s']:>11}{run_['text_mb_s']:>11}")
+    print(f"{'workers':>8}{'seconds':>9}{'file MB/s':>11}{'text MB/s':>11}{'CPU s':>8}{'text MB/CPU s':>15}")
+    for x in r["runs"]:
+        print(f"{x['workers']:>8}{x['seconds']:>9}{x['file_mb_s']:>11}{x['text_mb_s']:>11}{x['cpu_seconds']:>8}"
+              f"{x['text_mb_per_cpu_s']:>15}")
     if "profile" in r:
         print(f"\none-worker profile ({r['profile_seconds']} s under cProfile):")
         for stage, seconds in r["profile"].items():

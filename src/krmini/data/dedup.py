@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from krmini.errors import KrminiError
+
 NGRAM = 5
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 _BLOCK = 8192  # shingles per vectorised block (block × num_perm × 8 bytes of scratch)
@@ -31,8 +33,6 @@ class DedupConfig:
 
     def validate(self, where: str) -> None:
         if not 0.0 < self.threshold < 1.0:
-            from krmini.errors import KrminiError
-
             raise KrminiError(f"{where}.threshold: expected a similarity between 0 and 1, got {self.threshold}")
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from krmini.errors import KrminiError
+
 _HANGUL = re.compile(r"[가-힣ㄱ-ㆎ]+")
 _LETTERS = re.compile(r"[^\W\d_]+")
 
@@ -54,8 +56,6 @@ class FilterConfig:
     def validate(self, where: str) -> None:
         for name in ("min_hangul_ratio", "max_repeated_line_ratio", "max_repeated_ngram_ratio"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                from krmini.errors import KrminiError
-
                 raise KrminiError(f"{where}.{name}: expected a ratio between 0 and 1, got {getattr(self, name)}")
 
 
