@@ -63,11 +63,13 @@ def ngram_hashes(tokens: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, n
 
 
 def repeated_ngram_ratio(hashes: np.ndarray, doc: np.ndarray, num_docs: int) -> np.ndarray:
-    """Per document: share of its 5-grams that repeat an earlier one in the same document."""
+    """Per document: share of its 5-grams that repeat an earlier one in the same document.
+
+    One sort of (document in the top 20 bits, 44 hash bits below): equal neighbours are repeats.
+    """
     totals = np.bincount(doc, minlength=num_docs)
-    order = np.lexsort((hashes, doc))
-    h, d = hashes[order], doc[order]
-    repeats = np.bincount(d[1:][(h[1:] == h[:-1]) & (d[1:] == d[:-1])], minlength=num_docs)
+    keys = np.sort((doc.astype(np.uint64) << np.uint64(44)) | (hashes >> np.uint64(20)))
+    repeats = np.bincount((keys[1:][keys[1:] == keys[:-1]] >> np.uint64(44)).astype(np.int64), minlength=num_docs)
     return np.divide(repeats, totals, out=np.zeros(num_docs), where=totals > 0)
 
 
@@ -81,14 +83,18 @@ class MinHasher:
 
     def signatures(self, hashes: np.ndarray, doc: np.ndarray, num_docs: int) -> np.ndarray:
         """(num_docs, num_perm) uint32 MinHash signatures; all-ones rows for documents without 5-grams."""
-        sig = np.full((num_docs, self.num_perm), np.iinfo(np.uint32).max, np.uint32)
+        sig = np.full((num_docs, self.num_perm), np.iinfo(np.uint32).max, np.uint64)
+        values = np.empty((_BLOCK, self.num_perm), np.uint64)
         for s in range(0, len(hashes), _BLOCK):
             blk, d = hashes[s : s + _BLOCK], doc[s : s + _BLOCK]
-            values = ((blk[:, None] * self.a + self.b) >> np.uint64(32)).astype(np.uint32)
+            v = values[: len(blk)]
+            np.multiply.outer(blk, self.a, out=v)  # in place: no temporaries of block × num_perm
+            v += self.b
+            v >>= np.uint64(32)
             starts = np.flatnonzero(np.r_[True, d[1:] != d[:-1]])
             docs = d[starts]
-            sig[docs] = np.minimum(sig[docs], np.minimum.reduceat(values, starts, axis=0))
-        return sig
+            sig[docs] = np.minimum(sig[docs], np.minimum.reduceat(v, starts, axis=0))
+        return sig.astype(np.uint32)
 
     def band_keys(self, sig: np.ndarray) -> np.ndarray:
         """(num_docs, bands) uint64: one hash per band of rows."""
