@@ -25,7 +25,10 @@ def check(tok: Tokenizer, texts: list[str]) -> None:
 
 
 def test_edge_cases_match_the_tokenizer(tokenizer_dir):
-    check(KoTokenizer.load(tokenizer_dir).tok, EDGE_CASES)
+    tok = KoTokenizer.load(tokenizer_dir).tok
+    check(tok, EDGE_CASES)
+    check(tok, ["한단어", "", "word"])  # no spaces at all
+    assert WordCachedEncoder(tok).encode_batch([]) == []
 
 
 def test_real_korean_text_matches_the_tokenizer(tokenizer_dir):

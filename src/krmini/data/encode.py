@@ -62,7 +62,7 @@ class WordCachedEncoder:
         self._starts, self._lengths = np.array(self.starts, np.int64), np.array(self.lengths, np.int64)
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
-        if not self.by_word:
+        if not self.by_word or not texts:
             return self._whole(texts)
         if len(self.word_id) > MAX_CACHED_WORDS:
             self._clear()
