@@ -91,19 +91,23 @@ def clean_documents(inputs: list, config: PrepareConfig, counts: Counter) -> Ite
     For quick passes over a corpus (tokenizer training samples); `counts` gets what each step removed.
     """
     seen: set[bytes] = set()
-    for doc in read_documents(inputs, config.text_field, ReadProblems(strict=config.strict)):
-        counts["read"] += 1
-        text = clean_text(doc.text)
-        reason = text_reason(text, config.filters)
-        if reason is None:
-            digest = document_digest(text)
-            if digest not in seen:
-                seen.add(digest)
-                counts["kept"] += 1
-                yield text, digest
-                continue
-            reason = "duplicate"
-        counts[reason] += 1
+    problems = ReadProblems(strict=config.strict)
+    try:
+        for doc in read_documents(inputs, config.text_field, problems):
+            counts["read"] += 1
+            text = clean_text(doc.text)
+            reason = text_reason(text, config.filters)
+            if reason is None:
+                digest = document_digest(text)
+                if digest not in seen:
+                    seen.add(digest)
+                    counts["kept"] += 1
+                    yield text, digest
+                    continue
+                reason = "duplicate"
+            counts[reason] += 1
+    finally:
+        counts.update({f"unreadable_{kind}": n for kind, n in problems.counts.items()})
 
 
 class Accounting:
