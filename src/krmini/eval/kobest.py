@@ -36,9 +36,9 @@ class Example:
 
 
 def _bool_label(value: str, where: str) -> int:
-    if value not in ("True", "False"):
+    if value.lower() not in ("true", "false"):  # WiC writes both False and FALSE
         raise KrminiError(f"{where}: expected True or False, got {value!r}")
-    return int(value == "True")
+    return int(value.lower() == "true")
 
 
 def _int_label(value: str, allowed: range, where: str, offset: int = 0) -> int:
