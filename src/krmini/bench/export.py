@@ -60,24 +60,32 @@ def hf_round_trip(loaded: LoadedModel, out: Path, prompts: list[list[int]], step
     return {"class": type(hf).__name__, "max_abs_logit_diff": diff, "greedy_equal": f"{same}/{len(prompts)}"}
 
 
+def _logit_gap(llm, ids: list[int], ours) -> float:
+    import numpy as np
+
+    llm.reset()
+    llm.eval(ids)
+    return float(np.abs(ours - np.asarray(llm.scores[: len(ids)])).max())
+
+
 def gguf_round_trip(loaded: LoadedModel, path: Path, kind: str, prompts: list[list[int]], steps: int,
                     texts: list[str], threads: int) -> dict:
     import llama_cpp
-    import numpy as np
 
     export_gguf(loaded, path, kind)
     context = loaded.model.config.max_position_embeddings
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=context, n_threads=threads, logits_all=True, verbose=False)
     tok = loaded.tokenizer
     same_tokens = sum(llm.tokenize(t.encode("utf-8"), add_bos=False) == tok.encode(t) for t in texts)
-    diff, same = 0.0, 0
+    # llama.cpp keeps its KV cache in f16 by default; an f32 cache shows what the weights alone give.
+    llm_f32_kv = llama_cpp.Llama(model_path=str(path), n_ctx=context, n_threads=threads, logits_all=True,
+                                 type_k=0, type_v=0, verbose=False)
+    diff, diff_f32_kv, same = 0.0, 0.0, 0
     for ids in prompts:
-        llm.reset()
-        llm.eval(ids)
-        theirs_logits = np.asarray(llm.scores[: len(ids)])
         with torch.no_grad():
             ours_logits = loaded.model(torch.tensor([ids]))[0][0].numpy()
-        diff = max(diff, float(np.abs(ours_logits - theirs_logits).max()))
+        diff = max(diff, _logit_gap(llm, ids, ours_logits))
+        diff_f32_kv = max(diff_f32_kv, _logit_gap(llm_f32_kv, ids, ours_logits))
         ours = _greedy(loaded, ids, steps)
         theirs = []
         for t in llm.generate(ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
@@ -86,7 +94,7 @@ def gguf_round_trip(loaded: LoadedModel, path: Path, kind: str, prompts: list[li
                 break
         same += ours == theirs
     return {"type": kind, "size_mb": round(path.stat().st_size / 1e6, 2), "max_abs_logit_diff": diff,
-            "greedy_equal": f"{same}/{len(prompts)}", "tokenization_equal": f"{same_tokens}/{len(texts)}"}
+            "max_abs_logit_diff_f32_kv_cache": diff_f32_kv, "greedy_equal": f"{same}/{len(prompts)}", "tokenization_equal": f"{same_tokens}/{len(texts)}"}
 
 
 def run(args) -> int:

@@ -75,7 +75,7 @@ def export_hf(loaded: LoadedModel, out: Path, force: bool = False) -> Path:
         hf = to_hf_model(model, tok.bos_id, tok.eos_id, tok.pad_id)
         hf.generation_config = tf.GenerationConfig(
             bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id,
-            do_sample=True, temperature=0.8, top_k=50, max_length=context)
+            do_sample=True, temperature=0.8, top_k=50)
         hf.save_pretrained(tmp)
         tok.save(tmp, model_max_length=context)
     return out
