@@ -24,6 +24,8 @@ COMMAND_MODULES = [
     "krmini.infer.cli",
     "krmini.lab.cli",
     "krmini.bench.cli",
+    "krmini.eval.cli",
+    "krmini.export.cli",
 ]
 
 

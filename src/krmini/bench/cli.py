@@ -10,6 +10,7 @@ import importlib
 BENCH_MODULES = [
     "krmini.bench.tokenizer",
     "krmini.bench.prepare",
+    "krmini.bench.export",
 ]
 
 
