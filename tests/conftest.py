@@ -69,3 +69,37 @@ def tiny_run(tmp_path_factory) -> Path:
                                        "train.save_interval=30", "train.device=cpu"])
         train(cfg, progress=False)
     return out / "run"
+
+
+CHAT_PAIRS = [("안녕하세요", "안녕하세요! 무엇을 도와드릴까요?"), ("오늘 날씨 어때?", "맑고 따뜻한 날이에요."),
+              ("배고파", "맛있는 밥을 드세요."), ("고마워", "천만에요."), ("심심해", "산책을 해 보세요."),
+              ("잘 자", "좋은 꿈 꾸세요."), ("힘들어", "오늘도 수고 많았어요."), ("뭐 해?", "당신과 이야기하고 있어요.")]
+
+
+def write_chat_jsonl(path: Path, repeat: int = 6) -> Path:
+    """A small Korean chat set: single- and multi-turn conversations, some with a system prompt."""
+    with open(path, "w", encoding="utf-8") as fh:
+        for r in range(repeat):
+            for i, (q, a) in enumerate(CHAT_PAIRS):
+                messages = [{"role": "system", "content": "친절한 비서"}] if (r + i) % 3 == 0 else []
+                messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+                if r % 2:
+                    q2, a2 = CHAT_PAIRS[(i + r) % len(CHAT_PAIRS)]
+                    messages += [{"role": "user", "content": q2}, {"role": "assistant", "content": a2}]
+                fh.write(json.dumps({"messages": messages, "n": r}, ensure_ascii=False) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def chat_run(tiny_run, tmp_path_factory) -> Path:
+    """`tiny_run` instruction-tuned for 40 steps on `write_chat_jsonl` data (read-only for tests)."""
+    from krmini.chat.sft import run_sft
+
+    out = tmp_path_factory.mktemp("chat_run")
+    data = write_chat_jsonl(out / "chat.jsonl")
+    with torch.random.fork_rng():
+        run_sft(tiny_run, [str(data)], out / "run", progress=False, val_fraction=0.2,
+                overrides=["train.max_steps=40", "train.batch_size=8", "train.seq_len=128", "train.lr=2e-3",
+                           "train.warmup_steps=5", "train.eval_interval=40", "train.save_interval=40",
+                           "train.device=cpu"])
+    return out / "run"

@@ -23,6 +23,8 @@ COMMAND_MODULES = [
     "krmini.infer.cli",
     "krmini.lab.cli",
     "krmini.bench.cli",
+    "krmini.chat.cli",
+    "krmini.serve.cli",
 ]
 
 
