@@ -99,7 +99,7 @@ def chat_run(tiny_run, tmp_path_factory) -> Path:
     data = write_chat_jsonl(out / "chat.jsonl")
     with torch.random.fork_rng():
         run_sft(tiny_run, [str(data)], out / "run", progress=False, val_fraction=0.2,
-                overrides=["train.max_steps=40", "train.batch_size=8", "train.seq_len=128", "train.lr=2e-3",
+                overrides=["train.max_steps=40", "train.batch_size=8", "train.seq_len=128", "train.lr=2.0e-3",
                            "train.warmup_steps=5", "train.eval_interval=40", "train.save_interval=40",
                            "train.device=cpu"])
     return out / "run"

@@ -54,7 +54,9 @@ def run_sft(base: str | Path, data: list[str], out: str | Path, config: str = "s
     """Tokenize the chat data (once), train, and for LoRA runs also write the adapter alone."""
     if resume:  # the run's own saved config, so a resumed run trains exactly what it started
         saved = Path(out) / "config.yaml"
-        cfg = from_dict(RunConfig, apply_overrides(load_yaml(saved), overrides or []), str(saved))
+        data = apply_overrides(load_yaml(saved), [f"train.out_dir={out}", f"train.data_dir={Path(out) / 'data'}",
+                                                  *(overrides or [])])
+        cfg = from_dict(RunConfig, data, str(saved))
     else:
         cfg = sft_config(base, out, config, overrides, lora)
     base_ckpt = Path(cfg.train.init_from)
