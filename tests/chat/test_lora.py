@@ -8,8 +8,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from krmini.chat.lora import (ADAPTER_CONFIG, ADAPTER_FILE, LoRALinear, LoraConfig, apply_lora, load_adapter,
-                              merge_lora, parameter_counts, parse_lora_spec, save_adapter)
+from krmini.chat.lora import (
+    ADAPTER_CONFIG,
+    ADAPTER_FILE,
+    LoraConfig,
+    LoRALinear,
+    apply_lora,
+    load_adapter,
+    merge_lora,
+    parameter_counts,
+    parse_lora_spec,
+    save_adapter,
+)
 from krmini.errors import KrminiError
 from krmini.model import LlamaModel
 from krmini.train.config import load_run_config

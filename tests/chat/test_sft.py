@@ -47,7 +47,7 @@ def _lora_sft(tiny_run, out, data, extra=()):
 
 def test_lora_sft_saves_adapter_alone_resumes_exactly_and_merges(tiny_run, tmp_path):
     data = write_chat_jsonl(tmp_path / "chat.jsonl", repeat=2)
-    full = _lora_sft(tiny_run, tmp_path / "full", data)
+    _lora_sft(tiny_run, tmp_path / "full", data)
     adapter = load_file(tmp_path / "full" / "adapter" / ADAPTER_FILE)
     assert adapter and all(".lora_" in k for k in adapter)
     assert {k.split(".")[-2] for k in adapter} == {"q_proj", "v_proj", "up_proj"}
