@@ -7,6 +7,13 @@ other processes can make a 3-second training take minutes; one thread is slower 
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -103,3 +110,65 @@ def chat_run(tiny_run, tmp_path_factory) -> Path:
                            "train.warmup_steps=5", "train.eval_interval=40", "train.save_interval=40",
                            "train.device=cpu"])
     return out / "run"
+
+MAX_TOKENS = 16
+
+
+@dataclass
+class Server:
+    url: str
+    key: str
+    process: subprocess.Popen
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def chat_server(chat_run, tmp_path_factory):
+    """`krmini serve chat_run` as a real process on 127.0.0.1 and a free port, with an API key."""
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONIOENCODING": "utf-8"}
+    log_path = tmp_path_factory.mktemp("serve") / "server.log"
+    log = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 (the server writes to it until teardown)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "krmini", "serve", str(chat_run), "--port", str(port), "--api-key", "test-key",
+         "--name", "krmini-test", "--max-tokens", str(MAX_TOKENS), "--device", "cpu"],
+        env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"server did not start:\n{log_path.read_text(encoding='utf-8')}")
+        time.sleep(0.2)
+    yield Server(url, "test-key", process)
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()
+
+
+@pytest.fixture(scope="session")
+def chat_local(chat_run):
+    """The served model loaded in this process, to compute what greedy replies must be."""
+    from krmini.chat.load import load_chat_model
+
+    return load_chat_model(chat_run, torch.device("cpu"))
+
+
+def greedy(n: int = MAX_TOKENS):
+    from krmini.infer.generate import SamplingConfig
+
+    return SamplingConfig(max_new_tokens=n, temperature=0.0, top_k=0, top_p=1.0)

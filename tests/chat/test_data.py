@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from conftest import shared_file
 
 from krmini.chat.data import ChatReport, ChatWindows, load_chat_split, prepare_chat, read_conversations
-from krmini.chat.template import render
 from krmini.model import LlamaModel
 from krmini.tokenizer import KoTokenizer
 from krmini.train import checkpoint as ckpt
@@ -132,13 +130,3 @@ def _hidden(model, x):
     for i, layer in enumerate(model.model.layers):
         h = layer(h, cos, sin, None, i, None)
     return h
-
-
-def test_render_mask_matches_stored_mask(packed, tiny_run):
-    tokenizer, _, windows = packed
-    ids, mask = windows.ids, windows.labels != -100
-    first_end = int(np.flatnonzero(ids == tokenizer.bos_id)[1])
-    rendered = render(tokenizer, [{"role": "user", "content": "안녕하세요"},
-                                  {"role": "assistant", "content": "안녕하세요! 무엇을 도와드릴까요?"}])
-    assert ids[:first_end].tolist() == rendered.ids or len(rendered.ids) != first_end
-    assert mask[:first_end].sum() > 0

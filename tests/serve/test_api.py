@@ -1,4 +1,4 @@
-"""The OpenAI-compatible API, driven by the official `openai` client against a live server process."""
+"""The OpenAI-compatible API, driven by the official `openai` client against a live chat_server process."""
 
 from __future__ import annotations
 
@@ -20,26 +20,26 @@ openai = pytest.importorskip("openai", reason="the openai client is in the dev e
 HELLO = [{"role": "user", "content": "안녕하세요"}]
 
 
-def expected(local, messages, n=MAX_TOKENS) -> tuple[str, int, int]:
+def expected(chat_local, messages, n=MAX_TOKENS) -> tuple[str, int, int]:
     """(greedy reply text, completion tokens, prompt tokens) computed in this process."""
-    ids = prompt_ids(local.tokenizer, messages)
-    tokens = list(generate_ids(local.model, ids, greedy(n), stop_ids(local.tokenizer)))
-    stream = TextStream(local.tokenizer)
+    ids = prompt_ids(chat_local.tokenizer, messages)
+    tokens = list(generate_ids(chat_local.model, ids, greedy(n), stop_ids(chat_local.tokenizer)))
+    stream = TextStream(chat_local.tokenizer)
     return "".join(stream.push(t) for t in tokens) + stream.flush(), len(tokens), len(ids)
 
 
 @pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=server.key, max_retries=0, timeout=120)
+def client(chat_server):
+    return openai.OpenAI(base_url=f"{chat_server.url}/v1", api_key=chat_server.key, max_retries=0, timeout=120)
 
 
-def raw(server, path, body=None, key="default", method=None):
+def raw(chat_server, path, body=None, key="default", method=None):
     """(status, parsed JSON or text) without the client's conveniences."""
     headers = {"Content-Type": "application/json"}
     if key:
-        headers["Authorization"] = f"Bearer {server.key if key == 'default' else key}"
+        headers["Authorization"] = f"Bearer {chat_server.key if key == 'default' else key}"
     data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-    req = urllib.request.Request(server.url + path, data=data, headers=headers, method=method)
+    req = urllib.request.Request(chat_server.url + path, data=data, headers=headers, method=method)
     try:
         with urllib.request.urlopen(req, timeout=120) as r:
             text = r.read().decode("utf-8")
@@ -52,8 +52,8 @@ def raw(server, path, body=None, key="default", method=None):
         return status, text
 
 
-def test_chat_completion_matches_local_greedy_reply(client, local):
-    text, n_completion, n_prompt = expected(local, HELLO)
+def test_chat_completion_matches_local_greedy_reply(client, chat_local):
+    text, n_completion, n_prompt = expected(chat_local, HELLO)
     assert text
     r = client.chat.completions.create(model="krmini-test", messages=HELLO, temperature=0, max_tokens=MAX_TOKENS)
     assert r.choices[0].message.content == text and r.choices[0].message.role == "assistant"
@@ -62,22 +62,22 @@ def test_chat_completion_matches_local_greedy_reply(client, local):
     assert r.usage.total_tokens == n_prompt + n_completion
 
 
-def test_streaming_chat_equals_non_streaming(client, local, server):
-    text, _, n_prompt = expected(local, HELLO)
+def test_streaming_chat_equals_non_streaming(client, chat_local, chat_server):
+    text, _, n_prompt = expected(chat_local, HELLO)
     chunks = list(client.chat.completions.create(model="krmini-test", messages=HELLO, temperature=0, stream=True,
                                                  stream_options={"include_usage": True}))
     deltas = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
     assert len(deltas) > 1 and "".join(deltas) == text
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
     assert chunks[-1].usage.prompt_tokens == n_prompt
-    status, body = raw(server, "/v1/chat/completions", {"messages": HELLO, "stream": True, "temperature": 0})
+    status, body = raw(chat_server, "/v1/chat/completions", {"messages": HELLO, "stream": True, "temperature": 0})
     assert status == 200 and body.rstrip().endswith("data: [DONE]")
 
 
-def test_multi_turn_n_stop_and_max_tokens(client, local):
+def test_multi_turn_n_stop_and_max_tokens(client, chat_local):
     conversation = [{"role": "system", "content": "친절한 비서"}, *HELLO,
                     {"role": "assistant", "content": "안녕하세요! 무엇을 도와드릴까요?"}, {"role": "user", "content": "배고파"}]
-    text, _, _ = expected(local, conversation)
+    text, _, _ = expected(chat_local, conversation)
     r = client.chat.completions.create(model="krmini-test", messages=conversation, temperature=0)
     assert r.choices[0].message.content == text
     stop = text[len(text) // 2 : len(text) // 2 + 2]
@@ -90,8 +90,8 @@ def test_multi_turn_n_stop_and_max_tokens(client, local):
     assert [c.index for c in r.choices] == [0, 1, 2] and len({c.message.content for c in r.choices}) > 1
 
 
-def test_completions_stream_and_not(client, local):
-    text = "".join(stream_text(local.model, local.tokenizer, "대한민국은", greedy()))
+def test_completions_stream_and_not(client, chat_local):
+    text = "".join(stream_text(chat_local.model, chat_local.tokenizer, "대한민국은", greedy()))
     r = client.completions.create(model="krmini-test", prompt="대한민국은", temperature=0, max_tokens=MAX_TOKENS)
     assert r.choices[0].text == text and r.object == "text_completion"
     streamed = "".join(c.choices[0].text for c in client.completions.create(
@@ -99,14 +99,14 @@ def test_completions_stream_and_not(client, local):
     assert streamed == text
 
 
-def test_models_health_and_api_key(client, server):
+def test_models_health_and_api_key(client, chat_server):
     assert [m.id for m in client.models.list().data] == ["krmini-test"]
-    assert raw(server, "/health", key=None)[1]["status"] == "ok"
+    assert raw(chat_server, "/health", key=None)[1]["status"] == "ok"
     for key in (None, "wrong"):
-        status, body = raw(server, "/v1/models", key=key)
+        status, body = raw(chat_server, "/v1/models", key=key)
         assert status == 401 and body["error"]["code"] == "invalid_api_key"
     with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong", max_retries=0).models.list()
+        openai.OpenAI(base_url=f"{chat_server.url}/v1", api_key="wrong", max_retries=0).models.list()
 
 
 @pytest.mark.parametrize(("body", "status", "param"), [
@@ -122,18 +122,18 @@ def test_models_health_and_api_key(client, server):
     (b"{not json", 400, None),
     ({"prompt": ""}, 400, "prompt"),
 ])
-def test_invalid_requests_get_openai_errors(server, body, status, param):
+def test_invalid_requests_get_openai_errors(chat_server, body, status, param):
     path = "/v1/completions" if isinstance(body, dict) and "prompt" in body else "/v1/chat/completions"
-    got, payload = raw(server, path, body)
+    got, payload = raw(chat_server, path, body)
     assert got == status, payload
     assert set(payload["error"]) >= {"message", "type"} and payload["error"]["message"]
     if param:
         assert payload["error"]["param"] == param
 
 
-def test_sixteen_concurrent_streaming_clients(client, local):
+def test_sixteen_concurrent_streaming_clients(client, chat_local):
     questions = ["안녕하세요", "오늘 날씨 어때?", "배고파", "고마워", "심심해", "잘 자", "힘들어", "뭐 해?"] * 2
-    want = [expected(local, [{"role": "user", "content": q}])[0] for q in questions]
+    want = [expected(chat_local, [{"role": "user", "content": q}])[0] for q in questions]
 
     def ask(q: str) -> tuple[str, float]:
         start = time.perf_counter()

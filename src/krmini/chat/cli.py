@@ -40,7 +40,7 @@ def register(subparsers) -> None:
     c.add_argument("--system", default="", help="system prompt")
     c.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
     add_sampling_args(c)
-    c.set_defaults(func=run_chat, max_new_tokens=200, temperature=0.7)
+    c.set_defaults(func=run_chat)
 
 
 def run_sft_command(args) -> int:
