@@ -1,9 +1,10 @@
-"""The OpenAI-compatible API, driven by the official `openai` client against a live chat_server process."""
+"""The OpenAI-compatible API, driven by the official `openai` client against a live server process."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import json
+import queue
 import time
 import urllib.error
 import urllib.request
@@ -13,7 +14,7 @@ from conftest import MAX_TOKENS, greedy
 
 from krmini.chat.template import prompt_ids, stop_ids
 from krmini.infer.generate import TextStream, generate_ids, stream_text
-from krmini.serve.engine import StopStrings
+from krmini.serve.engine import Done, Engine, Job, StopStrings
 
 openai = pytest.importorskip("openai", reason="the openai client is in the dev extra: pip install -e '.[dev]'")
 
@@ -158,3 +159,19 @@ def test_stop_strings_hold_back_possible_prefixes():
     assert stops.feed("X 끝") == ("ENX ", False)
     assert stops.feed("!뒤") == ("", True)
     assert StopStrings([]).feed("그대로") == ("그대로", False)
+
+
+def test_engine_worker_survives_a_failing_request(chat_local):
+    engine = Engine(chat_local)
+    events: queue.Queue = queue.Queue()
+    ids = prompt_ids(chat_local.tokenizer, HELLO)
+    engine.submit(Job([], greedy(), set(), [], events.put))  # empty prompt: rejected by the generator
+    engine.submit(Job(ids, greedy(4), stop_ids(chat_local.tokenizer), [], events.put))
+    done = []
+    while len(done) < 2:
+        event = events.get(timeout=60)
+        if isinstance(event, Done):
+            done.append(event)
+    engine.close()
+    assert done[0].finish_reason == "error" and "prompt" in done[0].error and not done[0].internal
+    assert done[1].error is None and 1 <= done[1].completion_tokens <= 4

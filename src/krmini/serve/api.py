@@ -160,7 +160,7 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, defa
                 if isinstance(event, Done):
                     remaining -= 1
                     if event.error:
-                        raise APIError(400, event.error)
+                        raise APIError(500, event.error, "server_error") if event.internal else APIError(400, event.error)
                 yield index, event
         finally:
             for job in submitted:  # client gone or request failed: free the engine

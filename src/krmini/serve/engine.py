@@ -24,6 +24,7 @@ class Done:
     finish_reason: str  # "stop" (stop token or string), "length" (max_tokens or context) or "cancelled"
     completion_tokens: int
     error: str | None = None
+    internal: bool = False  # the error is ours (500), not the request's (400)
 
 
 @dataclass
@@ -82,6 +83,8 @@ class Engine:
                 job.emit(self._generate(job))
             except KrminiError as exc:
                 job.emit(Done("error", 0, str(exc)))
+            except Exception as exc:  # a bug must fail this request, never stop the worker for all others
+                job.emit(Done("error", 0, f"internal error: {type(exc).__name__}: {exc}", internal=True))
 
     def _generate(self, job: Job) -> Done:
         tokenizer, model = self.loaded.tokenizer, self.loaded.model
