@@ -27,13 +27,12 @@ class Document:
     text: str
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    raw = path.open("rb")
+def _open_binary(path: Path) -> io.BufferedIOBase:
     if path.suffix == ".gz":
-        raw = gzip.GzipFile(fileobj=raw)
-    elif path.suffix == ".bz2":
-        raw = bz2.BZ2File(raw)
-    return io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline=None)
+        return gzip.open(path, "rb")
+    if path.suffix == ".bz2":
+        return bz2.open(path, "rb")
+    return path.open("rb")
 
 
 def _base_suffix(path: Path) -> str:
@@ -59,14 +58,15 @@ def corpus_files(paths: list[str | Path]) -> list[Path]:
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, line) pairs; a decoding error names the file and the line it is on."""
+    """(line number, line) pairs. Lines are decoded one by one so an error names its line."""
     lineno = 0
     try:
-        with _open_text(path) as fh:
-            for lineno, line in enumerate(fh, 1):
-                yield lineno, line
-    except UnicodeDecodeError:
-        raise KrminiError(f"{path}: not valid UTF-8 (near line {lineno + 1}); re-encode it as UTF-8") from None
+        with _open_binary(path) as fh:
+            for lineno, raw in enumerate(fh, 1):
+                yield lineno, raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise KrminiError(f"{path}: not valid UTF-8 (line {lineno}, byte {exc.start + 1} of the line); "
+                          "re-encode it as UTF-8") from None
     except (OSError, EOFError) as exc:
         raise KrminiError(f"{path}: cannot read ({exc})") from None
 
