@@ -13,6 +13,7 @@ OpenAI's JSON shape `{"error": {"message", "type", "param", "code"}}` with a 4xx
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import secrets
 import time
@@ -115,7 +116,8 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, defa
 
     @app.get("/", response_class=HTMLResponse)
     async def index():
-        return HTMLResponse(page.replace("__MODEL__", model_name).replace("__KEY_REQUIRED__", "true" if api_key else "false"))
+        return HTMLResponse(page.replace("__MODEL__", html.escape(model_name))
+                            .replace("__KEY_REQUIRED__", "true" if api_key else "false"))
 
     @app.get("/health")
     async def health():
