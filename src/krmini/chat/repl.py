@@ -61,6 +61,8 @@ class ChatSession:
             pieces.append(tail)
             yield tail
         self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": "".join(pieces)}]
+        if self.sampling.seed is not None:  # reproducible, but not the same random draws every turn
+            self.sampling = replace(self.sampling, seed=self.sampling.seed + 1)
 
     def command(self, line: str) -> bool:
         """Handle a /command; False means quit."""
