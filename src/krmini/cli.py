@@ -26,6 +26,8 @@ COMMAND_MODULES = [
     "krmini.bench.cli",
     "krmini.eval.cli",
     "krmini.export.cli",
+    "krmini.chat.cli",
+    "krmini.serve.cli",
 ]
 
 
