@@ -114,7 +114,7 @@ def build_variants(model: LlamaModel, with_hf: bool) -> dict[str, dict]:
 
 
 def run_benchmark(model: LlamaModel, label: str, threads: int, new_tokens: int, prompt_tokens: int,
-                  repeats: int, with_hf: bool) -> dict:
+                  repeats: int, with_hf: bool, bandwidth_mb: int = 512) -> dict:
     torch.set_num_threads(threads)
     cfg = model.config
     context = cfg.max_position_embeddings
@@ -129,7 +129,7 @@ def run_benchmark(model: LlamaModel, label: str, threads: int, new_tokens: int, 
     prefill_ids = torch.randint(vocab.start, vocab.stop, (prefill_len,), generator=gen).tolist()
     decode_ids = torch.randint(vocab.start, vocab.stop, (8, decode_len), generator=gen).tolist()
 
-    bandwidth = memory_bandwidth()
+    bandwidth = memory_bandwidth(bandwidth_mb)
     variants = build_variants(model, with_hf)
     samples: dict[str, list[dict]] = {name: [] for name in variants}
     for _ in range(repeats):

@@ -76,9 +76,10 @@ class DecodeBatch:
                 # A pad query attends to itself only, so its (unused) values stay finite.
                 mask = (causal & key_ok[:, None, :width]) | torch.eye(width, dtype=torch.bool, device=device)
                 positions = (slots[None, :width] - pad).clamp(min=0)
-                logits, _ = model(padded, cache=cache, position_ids=positions, attn_mask=mask[:, None])
+                logits, _ = model(padded, cache=cache, position_ids=positions, attn_mask=mask[:, None],
+                                  last_only=True)
             else:
-                logits, _ = model(padded, cache=cache)
+                logits, _ = model(padded, cache=cache, last_only=True)
         logits = logits[:, -1]
 
         counts = [c.n for c in cfgs]
@@ -99,7 +100,9 @@ class DecodeBatch:
         self.cache, self.logits = cache, logits
         if self.padded:
             self.key_mask = key_ok[:, None, None, :]  # (B, 1, 1, S), sliced per step
-            self.positions = lengths[:, None] + torch.arange(total, device=device)[None, :]
+            # Rows that finished early keep being fed (static batch); clamp so they stay in the RoPE table.
+            positions = lengths[:, None] + torch.arange(total, device=device)[None, :]
+            self.positions = positions.clamp(max=context - 1)
         self.step_index = 0
         self.pending: torch.Tensor | None = None
         self.alive = [True] * len(self.row_request)
@@ -248,6 +251,7 @@ class Engine:
 
     def stream(self, prompt: Prompt, cfg: SamplingConfig) -> Iterator[str]:
         """Text pieces of one continuation, as they are produced (n must be 1)."""
+        cfg.validate()
         if cfg.n != 1:
             raise KrminiError(f"n: stream() yields one sequence; got n={cfg.n} (use stream_batch)")
         for ev in self.stream_batch([(prompt, cfg)]):
