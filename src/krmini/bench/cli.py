@@ -11,6 +11,7 @@ BENCH_MODULES = [
     "krmini.bench.tokenizer",
     "krmini.bench.prepare",
     "krmini.bench.export",
+    "krmini.bench.generate",
 ]
 
 
