@@ -45,7 +45,7 @@ def read_jsonl_texts(path: Path, limit: int | None = None, field: str = "text") 
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
-    """A small trained run (tokenizer + shards + checkpoint) on KoNLPy's bundled corpus, ~15 s.
+    """A small trained run (tokenizer + shards + checkpoint) on KoNLPy's bundled corpus, a few seconds.
 
     Read-only for tests: copy it before changing anything.
     """
@@ -65,7 +65,8 @@ def tiny_run(tmp_path_factory) -> Path:
             progress=False)
     with torch.random.fork_rng():
         cfg = load_run_config("tiny", [f"train.data_dir={out / 'data'}", f"train.out_dir={out / 'run'}",
-                                       "model.vocab_size=2048", "train.max_steps=60", "train.eval_interval=30",
-                                       "train.save_interval=30", "train.device=cpu"])
+                                       "model.vocab_size=2048", "train.batch_size=8", "train.seq_len=64",
+                                       "train.max_steps=40", "train.eval_interval=20", "train.save_interval=20",
+                                       "train.device=cpu"])
         train(cfg, progress=False)
     return out / "run"

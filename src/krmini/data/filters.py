@@ -43,10 +43,8 @@ PII_PATTERNS = (("rrn", _RRN, "[주민번호]"), ("phone", _PHONE, "[전화번�
 
 @dataclass
 class FilterConfig:
-    """Document filters; a threshold of 0 (or a flag set to false) turns that filter off."""
+    """Quality filters; a threshold of 0 (or a flag set to false) turns that filter off."""
 
-    min_chars: int = 1
-    max_chars: int = 1_000_000
     min_hangul_ratio: float = 0.0  # Hangul share of letters (Hangul + Latin + Hanja …)
     max_repeated_line_ratio: float = 0.0  # share of characters in lines already seen in the document
     max_repeated_ngram_ratio: float = 0.0  # share of token 5-grams that repeat an earlier one
@@ -95,13 +93,13 @@ def scrub_pii(text: str) -> tuple[str, int]:
     return text, total
 
 
-def text_reason(text: str, config: FilterConfig) -> str | None:
+def text_reason(text: str, config: FilterConfig, min_chars: int = 1, max_chars: int = 1_000_000) -> str | None:
     """The first text-level filter that rejects `text`, or None (n-gram repetition needs tokens)."""
     if not text:
         return "empty"
-    if len(text) < config.min_chars:
+    if len(text) < min_chars:
         return "too_short"
-    if len(text) > config.max_chars:
+    if len(text) > max_chars:
         return "too_long"
     if config.min_hangul_ratio and hangul_ratio(text) < config.min_hangul_ratio:
         return "hangul_ratio"

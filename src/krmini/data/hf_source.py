@@ -45,6 +45,7 @@ def read_hf(name: str, config: str | None, split: str, text_field: str, problems
     for i, record in enumerate(_load(name, config, split), 1):
         text = record.get(text_field)
         if not isinstance(text, str):
-            problems.report("missing_field", f"{source}[{split}] record {i}", f"expected a string field {text_field!r}")
+            problems.report("missing_field", f"{source}[{split}] record {i}", f"expected a string field {text_field!r}",
+                            "record skipped")
             continue
         yield Document(source, i, text)

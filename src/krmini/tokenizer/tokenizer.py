@@ -52,10 +52,12 @@ class KoTokenizer:
         reserved = len(SPECIAL_TOKENS) + len(BYTE_TOKENS)
         if vocab_size < reserved + 64:
             raise KrminiError(f"vocab_size: expected at least {reserved + 64}, got {vocab_size}")
+        # The trainer keeps every alphabet character whatever the target size, so cap the alphabet
+        # to leave room for merges; rarer characters fall back to bytes.
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size - len(BYTE_TOKENS),
             min_frequency=min_frequency,
-            limit_alphabet=limit_alphabet,
+            limit_alphabet=min(limit_alphabet, (vocab_size - reserved) // 2),
             special_tokens=SPECIAL_TOKENS,
             show_progress=show_progress,
         )

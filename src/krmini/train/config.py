@@ -66,7 +66,7 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
         path = resolve_config_path(str(path))
     data = load_yaml(path) if path else {}
     apply_overrides(data, overrides or [])
-    return from_dict(RunConfig, data, str(path or "config"))
+    return from_dict(RunConfig, data, f"{path or 'config'}:")
 
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
