@@ -39,8 +39,9 @@ def test_ratios():
     assert hangul_ratio("1234 !!") == 0.0
     assert hangul_ratio("ㅋㅋㅋ 재밌다") == 1.0
     assert repeated_line_ratio("가\n나\n가\n가") == 2 / 7
-    cfg = FilterConfig(min_chars=3, min_hangul_ratio=0.5, max_repeated_line_ratio=0.3)
-    assert text_reason("", cfg) == "empty" and text_reason("가나", cfg) == "too_short"
+    cfg = FilterConfig(min_hangul_ratio=0.5, max_repeated_line_ratio=0.3)
+    assert text_reason("", cfg) == "empty" and text_reason("가나", cfg, min_chars=3) == "too_short"
+    assert text_reason("가나다라", cfg, max_chars=3) == "too_long"
     assert text_reason("mostly English 한글", cfg) == "hangul_ratio"
     assert text_reason("같은 줄\n같은 줄\n같은 줄", cfg) == "repeated_lines"
     assert text_reason("좋은 문서입니다.", cfg) is None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -52,8 +53,8 @@ def run_cli(*args: str) -> int:
 def test_filters_and_near_dedup_are_accounted(tmp_path, tokenizer_dir):
     path, docs = corpus(tmp_path)
     tok = KoTokenizer.load(tokenizer_dir)
-    m = prepare([path], tok, str(tokenizer_dir), tmp_path / "out", PrepareConfig(val_fraction=0.1, test_fraction=0.1),
-                progress=False)
+    m = prepare([path], tok, str(tokenizer_dir), tmp_path / "out",
+                PrepareConfig.recommended(val_fraction=0.1, test_fraction=0.1), progress=False)
     counts = m["documents"]
     assert counts["read"] == len(docs) + 6
     for reason in ("duplicate", "near_duplicate", "hangul_ratio", "repeated_lines", "repeated_ngrams", "empty"):
@@ -98,13 +99,14 @@ def test_bad_records_are_skipped_and_counted_or_fatal_when_strict(tmp_path, toke
     problems = read_manifest(out)["read_problems"]
     assert problems["counts"] == {"invalid_json": 1, "invalid_utf8": 1, "missing_field": 1, "unreadable": 1}
     assert any(e.startswith(f"{bad}:11: not valid JSON") for e in problems["examples"])
-    assert any(e.startswith(f"{bad}:21: not valid UTF-8 at byte") for e in problems["examples"])
+    assert any(e.startswith(f"{bad}: not valid UTF-8 (line 21, byte ") and e.endswith("; line skipped")
+               for e in problems["examples"])
     assert any(e.startswith(f"{gz}:") and "rest of the file skipped" in e for e in problems["examples"])
 
     capsys.readouterr()
     assert run_cli(bad, "--tokenizer", tokenizer_dir, "--out", out, "--strict") == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith(f"krmini: error: {bad}:11: not valid JSON (") and err.endswith("column 17) (stopped: --strict)")
+    assert err.startswith(f"krmini: error: {bad}:11: not valid JSON (") and err.endswith("column 17)")
     assert not (out / "manifest.json").exists()  # the failed run removed the old commit point first
     with pytest.raises(Exception, match="no manifest"):
         read_manifest(out)
@@ -112,12 +114,13 @@ def test_bad_records_are_skipped_and_counted_or_fatal_when_strict(tmp_path, toke
 
 def test_clean_documents_keeps_its_call_signature(tmp_path):
     path, docs = corpus(tmp_path, n=50)
-    from collections import Counter
-
     counts: Counter = Counter()
-    texts = [t for t, _ in clean_documents([path], PrepareConfig(text_field="text"), counts)]
+    texts = [t for t, _ in clean_documents([path], PrepareConfig.recommended(text_field="text"), counts)]
     assert len(texts) == counts["kept"] == len(docs) + 2  # near duplicate and repetitive junk need tokens
     assert counts["duplicate"] == 1 and counts["hangul_ratio"] == 1 and counts["empty"] == 1
+    plain: Counter = Counter()  # the library default: clean, length and exact duplicates only
+    assert len(list(clean_documents([path], PrepareConfig(), plain))) == len(docs) + 4
+    assert plain == Counter(read=len(docs) + 6, kept=len(docs) + 4, duplicate=1, empty=1)
 
 
 def test_mix_weights_and_realised_share(tmp_path, tokenizer_dir):

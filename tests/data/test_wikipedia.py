@@ -124,4 +124,4 @@ def test_damaged_dumps_are_reported_not_fatal(tmp_path, tokenizer_dir, capsys):
     assert main(["prepare", "--source", "wikipedia", str(cut), "--tokenizer", str(tokenizer_dir), "--out",
                  str(tmp_path / "strict"), "--strict"]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith(f"krmini: error: {cut}: dump unreadable after") and err.endswith("(stopped: --strict)")
+    assert err.startswith(f"krmini: error: {cut}: dump unreadable after") and "EOFError" in err

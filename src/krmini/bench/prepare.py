@@ -65,7 +65,7 @@ def run_benchmark(inputs: list[str], tokenizer_dir: str | None, workers: list[in
             for w in workers:
                 cpu = _cpu_seconds()
                 start = time.perf_counter()
-                m = prepare(inputs, tok, tokenizer_dir, Path(tmp) / f"out{w}", PrepareConfig(workers=w), progress=False)
+                m = prepare(inputs, tok, tokenizer_dir, Path(tmp) / f"out{w}", PrepareConfig.recommended(workers=w), progress=False)
                 seconds = time.perf_counter() - start
                 cpu = _cpu_seconds() - cpu
                 text_mb = sum(s["read"]["bytes"] for s in m["sources"].values()) / 1e6
@@ -77,7 +77,7 @@ def run_benchmark(inputs: list[str], tokenizer_dir: str | None, workers: list[in
         if profile:
             profiler = cProfile.Profile()
             start = time.perf_counter()
-            profiler.runcall(prepare, inputs, tok, tokenizer_dir, Path(tmp) / "profile", PrepareConfig(workers=1),
+            profiler.runcall(prepare, inputs, tok, tokenizer_dir, Path(tmp) / "profile", PrepareConfig.recommended(workers=1),
                              progress=False)
             total = time.perf_counter() - start
             results["profile_seconds"] = round(total, 1)

@@ -50,9 +50,9 @@ def _config(args) -> DataConfig:
         from krmini.data.mix import source_from_cli
 
         data = DataConfig(sources=[source_from_cli(args.source, args.inputs, args.text_field)],
-                          prepare=PrepareConfig(text_field=args.text_field))
+                          prepare=PrepareConfig.recommended(text_field=args.text_field))
     settings = {
-        "filters.min_chars": args.min_chars, "filters.max_chars": args.max_chars,
+        "min_chars": args.min_chars, "max_chars": args.max_chars,
         "val_fraction": args.val_fraction, "test_fraction": args.test_fraction,
         "dedup.threshold": args.dedup_threshold, "workers": args.workers, "shard_index": args.shard_index,
         "num_shards": args.num_shards, "dedup.near": False if args.no_near_dedup else None,

@@ -26,7 +26,7 @@ _BLOCK = 8192  # shingles per vectorised block (block × num_perm × 8 bytes of 
 
 @dataclass
 class DedupConfig:
-    near: bool = True
+    near: bool = False  # on in `krmini prepare` and data configs (PrepareConfig.recommended)
     threshold: float = 0.7  # estimated Jaccard similarity of token 5-gram sets (see docs/data.md)
     num_perm: int = 128
     seed: int = 1

@@ -25,7 +25,7 @@ _BOILERPLATE = re.compile(
     r"|^\s*(copyright|ⓒ|©)\s"
     r"|^\s*[▶☞►]\s*.{0,60}(바로가기|구독|클릭|보러가기)"
     r"|(기사\s*제보|제보하기).{0,40}(카카오톡|이메일|전화)"
-    r"|^\s*(공유하기|좋아요|댓글\s*\d*|목록|이전\s*글|다음\s*글|맨\s*위로|로그인|회원가입|본문\s*바로가기)\s*$",
+    r"|^\s*(공유하기|댓글\s*\d*|목록|이전\s*글|다음\s*글|맨\s*위로|로그인|회원가입|본문\s*바로가기)\s*$",
     re.IGNORECASE,
 )
 _BOILERPLATE_MAX_LINE = 200
@@ -43,10 +43,8 @@ PII_PATTERNS = (("rrn", _RRN, "[주민번호]"), ("phone", _PHONE, "[전화번�
 
 @dataclass
 class FilterConfig:
-    """Document filters; a threshold of 0 (or a flag set to false) turns that filter off."""
+    """Quality filters; a threshold of 0 (or a flag set to false) turns that filter off."""
 
-    min_chars: int = 1
-    max_chars: int = 1_000_000
     min_hangul_ratio: float = 0.0  # Hangul share of letters (Hangul + Latin + Hanja …)
     max_repeated_line_ratio: float = 0.0  # share of characters in lines already seen in the document
     max_repeated_ngram_ratio: float = 0.0  # share of token 5-grams that repeat an earlier one
@@ -95,13 +93,13 @@ def scrub_pii(text: str) -> tuple[str, int]:
     return text, total
 
 
-def text_reason(text: str, config: FilterConfig) -> str | None:
+def text_reason(text: str, config: FilterConfig, min_chars: int = 1, max_chars: int = 1_000_000) -> str | None:
     """The first text-level filter that rejects `text`, or None (n-gram repetition needs tokens)."""
     if not text:
         return "empty"
-    if len(text) < config.min_chars:
+    if len(text) < min_chars:
         return "too_short"
-    if len(text) > config.max_chars:
+    if len(text) > max_chars:
         return "too_long"
     if config.min_hangul_ratio and hangul_ratio(text) < config.min_hangul_ratio:
         return "hangul_ratio"

@@ -30,21 +30,24 @@ def _load(name: str, config: str | None, split: str):
     except ImportError:
         raise KrminiError("Hugging Face datasets is not installed: pip install 'krmini[datasets]'") from None
     path = Path(name)
-    try:
-        if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
-            loaded = datasets.load_from_disk(str(path))
-            return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
-        return datasets.load_dataset(name, config, split=split, streaming=True)
-    except (FileNotFoundError, ValueError, KeyError, datasets.exceptions.DatasetNotFoundError) as exc:
-        raise KrminiError(f"hf:{name}: cannot load split {split!r}{f' of config {config!r}' if config else ''} "
-                          f"({str(exc).splitlines()[0][:200]})") from None
+    if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
+        loaded = datasets.load_from_disk(str(path))
+        return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+    return datasets.load_dataset(name, config, split=split, streaming=True)
 
 
 def read_hf(name: str, config: str | None, split: str, text_field: str, problems: ReadProblems) -> Iterator[Document]:
     source = f"hf:{name}" + (f":{config}" if config else "")
-    for i, record in enumerate(_load(name, config, split), 1):
-        text = record.get(text_field)
-        if not isinstance(text, str):
-            problems.report("missing_field", f"{source}[{split}] record {i}", f"expected a string field {text_field!r}")
-            continue
-        yield Document(source, i, text)
+    try:
+        for i, record in enumerate(_load(name, config, split), 1):
+            text = record.get(text_field)
+            if not isinstance(text, str):
+                problems.report("missing_field", f"{source}[{split}] record {i}", f"expected a string field {text_field!r}",
+                                "record skipped")
+                continue
+            yield Document(source, i, text)
+    except KrminiError:
+        raise
+    except Exception as exc:  # noqa: BLE001 (datasets raises many types: missing dataset, network, bad files)
+        message = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise KrminiError(f"{source}: cannot read split {split!r} ({type(exc).__name__}: {message})") from None

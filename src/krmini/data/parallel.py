@@ -44,6 +44,8 @@ class WorkerSetup:
     filters: FilterConfig
     dedup: DedupConfig
     dtype: str
+    min_chars: int = 1
+    max_chars: int = 1_000_000
     shard_index: int = 0
     num_shards: int = 1
 
@@ -95,7 +97,7 @@ class ChunkProcessor:
             if not self._owned(digest):
                 result.reasons[i] = "other_machine"
                 continue
-            result.reasons[i] = text_reason(text, f)
+            result.reasons[i] = text_reason(text, f, self.setup.min_chars, self.setup.max_chars)
             if result.reasons[i] is None:
                 result.clean_bytes[i] = len(text.encode("utf-8"))
                 kept_texts.append(text)

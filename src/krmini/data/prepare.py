@@ -38,26 +38,32 @@ from krmini.tokenizer import KoTokenizer
 EXAMPLES_PER_REASON = 3
 
 
-def recommended_filters() -> FilterConfig:
-    """Defaults measured on ../shared/data/pretrain (docs/data.md): they drop junk, not statutes or reviews."""
-    return FilterConfig(min_chars=1, max_chars=1_000_000, min_hangul_ratio=0.3, max_repeated_line_ratio=0.5,
-                        max_repeated_ngram_ratio=0.6, strip_boilerplate=True, scrub_pii=False)
-
-
 @dataclass
 class PrepareConfig:
+    """Defaults here are the minimal pipeline (clean, length, exact dedup) that library callers had;
+    `krmini prepare` and data configs start from `PrepareConfig.recommended()`, which adds the quality
+    filters and near-dedup with thresholds measured on ../shared/data/pretrain (docs/data.md)."""
+
     text_field: str = "text"
+    min_chars: int = 1
+    max_chars: int = 1_000_000
     val_fraction: float = 0.01
     test_fraction: float = 0.01
     shard_tokens: int = 100_000_000
     chunk_documents: int = 512  # documents per unit of work; fixed, so results do not depend on workers
     chunk_chars: int = 2_000_000
-    filters: FilterConfig = field(default_factory=recommended_filters)
+    filters: FilterConfig = field(default_factory=FilterConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
     workers: int = 0  # processes; 0 = all cores
     strict: bool = False  # stop at the first unreadable record instead of skipping it
     shard_index: int = 0  # this machine's part when the corpus is split over machines
     num_shards: int = 1
+
+    @classmethod
+    def recommended(cls, **changes) -> PrepareConfig:
+        filters = FilterConfig(min_hangul_ratio=0.3, max_repeated_line_ratio=0.5, max_repeated_ngram_ratio=0.6,
+                               strip_boilerplate=True)
+        return cls(**{"filters": filters, "dedup": DedupConfig(near=True), **changes})
 
     def validate(self, where: str = "prepare") -> None:
         if not 0 <= self.shard_index < self.num_shards:
@@ -74,8 +80,21 @@ class DataConfig:
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
 
 
+def merged(base: dict, update: dict) -> dict:
+    """`update` laid over `base`, nested mappings merged key by key."""
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
 def load_data_config(path: str | Path) -> DataConfig:
-    config = from_dict(DataConfig, load_yaml(path), str(path))
+    """A data config; its `prepare:` settings are laid over the recommended ones."""
+    data = load_yaml(path)
+    prepare_section = data.get("prepare", {})
+    if isinstance(prepare_section, dict):
+        data = dict(data, prepare=merged(asdict(PrepareConfig.recommended()), prepare_section))
+    config = from_dict(DataConfig, data, str(path))
     if not config.sources:
         raise KrminiError(f"{path}: sources: expected at least one source")
     names = [s.name for s in config.sources]
@@ -96,7 +115,7 @@ def clean_documents(inputs: list, config: PrepareConfig, counts: Counter) -> Ite
         for doc in read_documents(inputs, config.text_field, problems):
             counts["read"] += 1
             text = clean_text(doc.text)
-            reason = text_reason(text, config.filters)
+            reason = text_reason(text, config.filters, config.min_chars, config.max_chars)
             if reason is None:
                 digest = document_digest(text)
                 if digest not in seen:
@@ -220,8 +239,8 @@ def prepare(inputs: list, tokenizer: KoTokenizer, tokenizer_path: str, out_dir: 
         writers = {s: ShardWriter(out, s, dtype, config.shard_tokens, stats[s], prefix) for s in SPLITS}
     acc = Accounting(sources, keep_examples=dry_run)
     problems = ReadProblems(strict=config.strict)
-    setup = WorkerSetup(tokenizer.tok.to_str(), config.filters, config.dedup, dtype.name,
-                        config.shard_index, config.num_shards)
+    setup = WorkerSetup(tokenizer.tok.to_str(), config.filters, config.dedup, dtype.name, config.min_chars,
+                        config.max_chars, config.shard_index, config.num_shards)
     exact: set[bytes] = set()
     near = NearDuplicateIndex() if config.dedup.near else None
     locations: list[str] = []  # dry run: where each kept document came from, to show near-duplicate pairs

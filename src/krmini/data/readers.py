@@ -45,12 +45,15 @@ class ReadProblems:
     counts: Counter = field(default_factory=Counter)
     examples: list[str] = field(default_factory=list)
 
-    def report(self, kind: str, where: str, what: str) -> None:
+    def report(self, kind: str, where: str, what: str, action: str) -> None:
         if self.strict:
-            raise KrminiError(f"{where}: {what} (stopped: --strict)")
+            raise KrminiError(f"{where}: {what}")
         self.counts[kind] += 1
         if len(self.examples) < MAX_EXAMPLES:
-            self.examples.append(f"{where}: {what}")
+            self.examples.append(f"{where}: {what}; {action}")
+
+    def first(self) -> str | None:
+        return self.examples[0] if self.examples else None
 
     def as_dict(self) -> dict:
         return {"counts": dict(self.counts), "examples": list(self.examples)}
@@ -97,12 +100,12 @@ def _lines(path: Path, problems: ReadProblems) -> Iterator[tuple[int, str]]:
                 try:
                     yield lineno, raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
-                    problems.report("invalid_utf8", f"{path}:{lineno}",
-                                    f"not valid UTF-8 at byte {offset + exc.start}; line skipped")
+                    problems.report("invalid_utf8", str(path), f"not valid UTF-8 (line {lineno}, byte {exc.start + 1} "
+                                    f"of the line, {offset + exc.start} of the file)", "line skipped")
                 offset += len(raw)
     except (OSError, EOFError, zlib.error) as exc:
-        problems.report("unreadable", f"{path}:{lineno + 1}",
-                        f"cannot read past byte {offset} ({exc}); rest of the file skipped")
+        problems.report("unreadable", f"{path}:{lineno + 1}", f"cannot read past byte {offset} ({exc})",
+                        "rest of the file skipped")
 
 
 def _txt_documents(path: Path, problems: ReadProblems) -> Iterator[Document]:
@@ -127,10 +130,12 @@ def _jsonl_documents(path: Path, text_field: str, problems: ReadProblems) -> Ite
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            problems.report("invalid_json", f"{path}:{lineno}", f"not valid JSON ({exc.msg}, column {exc.colno})")
+            problems.report("invalid_json", f"{path}:{lineno}", f"not valid JSON ({exc.msg}, column {exc.colno})",
+                            "line skipped")
             continue
         if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-            problems.report("missing_field", f"{path}:{lineno}", f"expected an object with a string field {text_field!r}")
+            problems.report("missing_field", f"{path}:{lineno}", f"expected an object with a string field {text_field!r}",
+                            "line skipped")
             continue
         yield Document(str(path), lineno, record[text_field])
 

@@ -148,4 +148,4 @@ def read_wikipedia(path: str | Path, problems: ReadProblems) -> Iterator[Documen
                     yield Document(f"{path}#{page.title}", pages, text, wikitext=True)
     except Exception as exc:  # noqa: BLE001 (mwxml and bz2 raise many types for a damaged dump)
         problems.report("malformed_dump", str(path),
-                        f"dump unreadable after {pages} pages ({type(exc).__name__}: {str(exc)[:200]}); rest skipped")
+                        f"dump unreadable after {pages} pages ({type(exc).__name__}: {str(exc)[:200]})", "rest skipped")
