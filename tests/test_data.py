@@ -13,7 +13,6 @@ import pytest
 
 from krmini.data.clean import clean_text
 from krmini.data.dedup import DedupConfig
-from krmini.data.filters import FilterConfig
 from krmini.data.loader import TokenWindows
 from krmini.data.prepare import PrepareConfig, clean_documents, prepare
 from krmini.data.readers import read_documents
@@ -133,7 +132,7 @@ def test_prepare_rejects_empty_corpus(tmp_path, tokenizer):
 def test_length_filter_and_counts(tmp_path):
     write_jsonl(tmp_path / "c.jsonl", ["짧다", "이 문서는 충분히 길다", "이 문서는 충분히 길다"])
     counts = Counter()
-    config = PrepareConfig(filters=FilterConfig(min_chars=5))
+    config = PrepareConfig(min_chars=5)
     kept = [t for t, _ in clean_documents([tmp_path / "c.jsonl"], config, counts)]
     assert kept == ["이 문서는 충분히 길다"]
     assert counts == Counter(read=3, kept=1, too_short=1, duplicate=1)
