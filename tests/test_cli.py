@@ -35,8 +35,12 @@ def test_bad_corpora(tmp_path, capsys):
     assert "corpus is empty" in error_of(["tokenizer", "train", str(empty), "--out", str(tmp_path / "t")], capsys)
     latin = tmp_path / "latin.txt"
     latin.write_bytes("한국어\n".encode("cp949"))
-    assert "latin.txt: not valid UTF-8 (line 1" in error_of(
-        ["tokenizer", "train", str(latin), "--out", str(tmp_path / "t")], capsys)
+    assert "latin.txt:1: not valid UTF-8" in error_of(
+        ["tokenizer", "train", str(latin), "--out", str(tmp_path / "t"), "--strict"], capsys)
+    # without --strict the bad line is skipped and counted; nothing usable is left
+    assert main(["tokenizer", "train", str(latin), "--out", str(tmp_path / "t")]) == 1
+    err = capsys.readouterr().err
+    assert "skipped unreadable records: {'unreadable_invalid_utf8': 1}" in err and "corpus is empty" in err
 
 
 def test_bad_configs(tmp_path, capsys):

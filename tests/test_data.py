@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from krmini.data.clean import clean_text
+from krmini.data.dedup import DedupConfig
 from krmini.data.loader import TokenWindows
 from krmini.data.prepare import PrepareConfig, clean_documents, prepare
 from krmini.data.readers import read_documents
@@ -53,11 +54,11 @@ def test_directory_order_is_sorted(tmp_path):
 def test_reader_errors_name_file_and_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "좋음"}\n{oops\n', encoding="utf-8")
-    with pytest.raises(KrminiError, match=r"bad.jsonl:2: not valid JSON"):
+    with pytest.raises(KrminiError, match=r"bad.jsonl:2: not valid JSON.*--strict"):
         list(read_documents([bad]))
     latin = tmp_path / "latin.txt"
     latin.write_bytes("정상\n".encode() + "caf\xe9\n".encode("latin-1"))
-    with pytest.raises(KrminiError, match=r"latin.txt: not valid UTF-8 \(line 2, byte 4"):
+    with pytest.raises(KrminiError, match=r"latin.txt:2: not valid UTF-8 at byte 10"):
         list(read_documents([latin]))
     with pytest.raises(KrminiError, match="not found"):
         list(read_documents([tmp_path / "missing.txt"]))
@@ -86,9 +87,10 @@ def test_split_is_deterministic_and_near_98_1_1():
 def test_prepare_writes_shards_and_manifest(tmp_path, tokenizer):
     docs = DOCS + DOCS[:50] + ["", "   "]  # 50 exact duplicates and two empty documents
     write_jsonl(tmp_path / "corpus.jsonl", docs)
-    manifest = prepare([tmp_path / "corpus.jsonl"], tokenizer, "tok", tmp_path / "out",
-                       PrepareConfig(val_fraction=0.1, test_fraction=0.1), progress=False)
-    assert manifest["documents"] == {"read": 452, "kept": 400, "duplicate": 50, "empty": 2}
+    exact_only = PrepareConfig(val_fraction=0.1, test_fraction=0.1, dedup=DedupConfig(near=False))
+    manifest = prepare([tmp_path / "corpus.jsonl"], tokenizer, "tok", tmp_path / "out", exact_only, progress=False)
+    assert {k: manifest["documents"][k] for k in ("read", "kept", "duplicate", "empty")} == {
+        "read": 452, "kept": 400, "duplicate": 50, "empty": 2}
     splits = manifest["splits"]
     assert sum(s["documents"] for s in splits.values()) == 400
     assert sum(s["bytes"] for s in splits.values()) == sum(len(d.encode()) for d in DOCS)
@@ -101,8 +103,7 @@ def test_prepare_writes_shards_and_manifest(tmp_path, tokenizer):
         assert tokens[0] == tokenizer.bos_id and tokens[-1] == tokenizer.eos_id
     # the same document always lands in the same split, whatever else is in the corpus
     write_jsonl(tmp_path / "shuffled.jsonl", list(reversed(DOCS[:200])))
-    again = prepare([tmp_path / "shuffled.jsonl"], tokenizer, "tok", tmp_path / "out2",
-                    PrepareConfig(val_fraction=0.1, test_fraction=0.1), progress=False)
+    again = prepare([tmp_path / "shuffled.jsonl"], tokenizer, "tok", tmp_path / "out2", exact_only, progress=False)
     first_val = {tokenizer.decode(d) for d in _documents(tmp_path / "out", "val", tokenizer)}
     second_val = {tokenizer.decode(d) for d in _documents(tmp_path / "out2", "val", tokenizer)}
     assert second_val == {t for t in first_val if t in set(DOCS[:200])}
@@ -131,7 +132,8 @@ def test_prepare_rejects_empty_corpus(tmp_path, tokenizer):
 def test_length_filter_and_counts(tmp_path):
     write_jsonl(tmp_path / "c.jsonl", ["짧다", "이 문서는 충분히 길다", "이 문서는 충분히 길다"])
     counts = Counter()
-    kept = [t for t, _ in clean_documents([tmp_path / "c.jsonl"], PrepareConfig(min_chars=5), counts)]
+    config = PrepareConfig(min_chars=5)
+    kept = [t for t, _ in clean_documents([tmp_path / "c.jsonl"], config, counts)]
     assert kept == ["이 문서는 충분히 길다"]
     assert counts == Counter(read=3, kept=1, too_short=1, duplicate=1)
 

@@ -24,6 +24,10 @@ COMMAND_MODULES = [
     "krmini.infer.cli",
     "krmini.lab.cli",
     "krmini.bench.cli",
+    "krmini.eval.cli",
+    "krmini.export.cli",
+    "krmini.chat.cli",
+    "krmini.serve.cli",
 ]
 
 

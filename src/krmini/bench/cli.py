@@ -10,6 +10,8 @@ import importlib
 BENCH_MODULES = [
     "krmini.bench.tokenizer",
     "krmini.bench.prepare",
+    "krmini.bench.export",
+    "krmini.bench.generate",
 ]
 
 

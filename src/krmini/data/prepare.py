@@ -111,21 +111,22 @@ def clean_documents(inputs: list, config: PrepareConfig, counts: Counter) -> Ite
     """
     seen: set[bytes] = set()
     problems = ReadProblems(strict=config.strict)
-    for doc in read_documents(inputs, config.text_field, problems):
-        counts["read"] += 1
-        text = clean_text(doc.text)
-        reason = text_reason(text, config.filters, config.min_chars, config.max_chars)
-        if reason is None:
-            digest = document_digest(text)
-            if digest not in seen:
-                seen.add(digest)
-                counts["kept"] += 1
-                yield text, digest
-                continue
-            reason = "duplicate"
-        counts[reason] += 1
-    if not counts["kept"] and problems.first():
-        raise KrminiError(f"{problems.first()}; no readable documents")
+    try:
+        for doc in read_documents(inputs, config.text_field, problems):
+            counts["read"] += 1
+            text = clean_text(doc.text)
+            reason = text_reason(text, config.filters, config.min_chars, config.max_chars)
+            if reason is None:
+                digest = document_digest(text)
+                if digest not in seen:
+                    seen.add(digest)
+                    counts["kept"] += 1
+                    yield text, digest
+                    continue
+                reason = "duplicate"
+            counts[reason] += 1
+    finally:
+        counts.update({f"unreadable_{kind}": n for kind, n in problems.counts.items()})
 
 
 class Accounting:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
+from krmini.chat.template import CHAT_TEMPLATE
 from krmini.errors import KrminiError
 
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
@@ -91,6 +92,7 @@ class KoTokenizer:
             "add_eos_token": False,
             "clean_up_tokenization_spaces": False,
             "model_max_length": model_max_length,
+            "chat_template": CHAT_TEMPLATE,
         }
         (out / CONFIG_FILE).write_text(json.dumps(config, ensure_ascii=False, indent=2), encoding="utf-8")
         return out

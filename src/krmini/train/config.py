@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from krmini.chat.lora import LoraConfig
 from krmini.config import apply_overrides, from_dict, load_yaml
 from krmini.device import PRECISIONS
 from krmini.errors import KrminiError
@@ -34,6 +35,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     seed: int = 1337
+    init_from: str = ""  # checkpoint or run whose weights start the run (fine-tuning); "" = random init
 
     def validate(self, where: str = "train") -> None:
         for name in ("seq_len", "batch_size", "grad_accum", "max_steps", "eval_interval", "save_interval",
@@ -54,6 +56,7 @@ class TrainConfig:
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    lora: LoraConfig | None = None  # train LoRA adapters on a frozen model instead of all weights
 
     def validate(self, where: str = "config") -> None:
         if self.train.seq_len > self.model.max_position_embeddings:

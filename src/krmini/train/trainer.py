@@ -16,6 +16,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from krmini.chat.lora import apply_lora
 from krmini.data.loader import TokenWindows
 from krmini.data.shards import load_split, read_manifest
 from krmini.device import autocast, pick_device, pick_precision
@@ -57,8 +58,9 @@ def evaluate(model: LlamaModel, windows: TokenWindows, bytes_per_token: float, c
         x, y = windows.batch_in_order(first, size, device)
         with autocast(device, precision):
             _, loss = model(x, y)
-        total_nats += loss.item() * y.numel()
-        total_tokens += y.numel()
+        scored = int((y != -100).sum())  # masked targets (chat prompts, padding) are not scored
+        total_nats += loss.item() * scored
+        total_tokens += scored
     model.train()
     mean = total_nats / total_tokens
     return {"val_loss": mean, "val_ppl": math.exp(min(mean, 50)),
@@ -85,6 +87,14 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, batches: 
     torch.manual_seed(t.seed)
 
     model = LlamaModel(cfg.model).to(device)
+    if t.init_from and not resume:
+        base = ckpt.resolve_checkpoint(t.init_from)
+        ckpt.read_state(base)
+        ckpt.load_model_weights(model, base)
+        print(f"initialised from {base}")
+    if cfg.lora:
+        trainable, total = apply_lora(model, cfg.lora)
+        print(f"LoRA r={cfg.lora.r}: training {trainable:,} of {total:,} parameters ({100 * trainable / total:.2f}%)")
     optimizer = build_optimizer(model, t)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     start_step = 0
