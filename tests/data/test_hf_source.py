@@ -52,7 +52,7 @@ def test_save_to_disk_directory_and_missing_field(tmp_path, tokenizer_dir, capsy
     assert main(["prepare", "--source", f"hf:{saved}", "--text-field", "body", "--tokenizer", str(tokenizer_dir),
                  "--out", str(out), "--strict"]) == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"krmini: error: hf:{saved}[train] record 1: expected a string field 'body'")
+        f"krmini: error: hf:{saved}[train] record 1: expected a string field 'body' (stopped: --strict)")
 
 
 def test_unknown_dataset_is_one_line(tmp_path, tokenizer_dir, capsys):

@@ -99,14 +99,14 @@ def test_bad_records_are_skipped_and_counted_or_fatal_when_strict(tmp_path, toke
     problems = read_manifest(out)["read_problems"]
     assert problems["counts"] == {"invalid_json": 1, "invalid_utf8": 1, "missing_field": 1, "unreadable": 1}
     assert any(e.startswith(f"{bad}:11: not valid JSON") for e in problems["examples"])
-    assert any(e.startswith(f"{bad}: not valid UTF-8 (line 21, byte ") and e.endswith("; line skipped")
+    assert any(e.startswith(f"{bad}:21: not valid UTF-8 at byte ") and e.endswith("; line skipped")
                for e in problems["examples"])
     assert any(e.startswith(f"{gz}:") and "rest of the file skipped" in e for e in problems["examples"])
 
     capsys.readouterr()
     assert run_cli(bad, "--tokenizer", tokenizer_dir, "--out", out, "--strict") == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith(f"krmini: error: {bad}:11: not valid JSON (") and err.endswith("column 17)")
+    assert err.startswith(f"krmini: error: {bad}:11: not valid JSON (") and err.endswith("column 17) (stopped: --strict)")
     assert not (out / "manifest.json").exists()  # the failed run removed the old commit point first
     with pytest.raises(Exception, match="no manifest"):
         read_manifest(out)

@@ -47,13 +47,10 @@ class ReadProblems:
 
     def report(self, kind: str, where: str, what: str, action: str) -> None:
         if self.strict:
-            raise KrminiError(f"{where}: {what}")
+            raise KrminiError(f"{where}: {what} (stopped: --strict)")
         self.counts[kind] += 1
         if len(self.examples) < MAX_EXAMPLES:
             self.examples.append(f"{where}: {what}; {action}")
-
-    def first(self) -> str | None:
-        return self.examples[0] if self.examples else None
 
     def as_dict(self) -> dict:
         return {"counts": dict(self.counts), "examples": list(self.examples)}
@@ -100,8 +97,8 @@ def _lines(path: Path, problems: ReadProblems) -> Iterator[tuple[int, str]]:
                 try:
                     yield lineno, raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
-                    problems.report("invalid_utf8", str(path), f"not valid UTF-8 (line {lineno}, byte {exc.start + 1} "
-                                    f"of the line, {offset + exc.start} of the file)", "line skipped")
+                    problems.report("invalid_utf8", f"{path}:{lineno}", f"not valid UTF-8 at byte {offset + exc.start}",
+                                    "line skipped")
                 offset += len(raw)
     except (OSError, EOFError, zlib.error) as exc:
         problems.report("unreadable", f"{path}:{lineno + 1}", f"cannot read past byte {offset} ({exc})",
