@@ -14,7 +14,8 @@ from conftest import MAX_TOKENS, greedy
 
 from krmini.chat.template import prompt_ids, stop_ids
 from krmini.infer.generate import TextStream, generate_ids, stream_text
-from krmini.serve.engine import Done, Engine, Job, StopStrings
+from krmini.infer.textstream import StopStrings
+from krmini.serve.engine import Done, Engine, Job
 
 openai = pytest.importorskip("openai", reason="the openai client is in the dev extra: pip install -e '.[dev]'")
 
@@ -153,20 +154,20 @@ def test_sixteen_concurrent_streaming_clients(client, chat_local):
 
 
 def test_stop_strings_hold_back_possible_prefixes():
-    stops = StopStrings(["끝!", "END"])
+    stops = StopStrings(("끝!", "END"))
     assert stops.feed("안녕 E") == ("안녕 ", False)
     assert stops.feed("N") == ("", False)
     assert stops.feed("X 끝") == ("ENX ", False)
     assert stops.feed("!뒤") == ("", True)
-    assert StopStrings([]).feed("그대로") == ("그대로", False)
+    assert StopStrings(()).feed("그대로") == ("그대로", False)
 
 
 def test_engine_worker_survives_a_failing_request(chat_local):
-    engine = Engine(chat_local)
+    engine = Engine(chat_local, stop_ids(chat_local.tokenizer))
     events: queue.Queue = queue.Queue()
     ids = prompt_ids(chat_local.tokenizer, HELLO)
-    engine.submit(Job([], greedy(), set(), [], events.put))  # empty prompt: rejected by the generator
-    engine.submit(Job(ids, greedy(4), stop_ids(chat_local.tokenizer), [], events.put))
+    engine.submit(Job([], greedy(), events.put))  # empty prompt: rejected on its own
+    engine.submit(Job(ids, greedy(4), events.put))
     done = []
     while len(done) < 2:
         event = events.get(timeout=60)

@@ -197,9 +197,10 @@ class Completion:
 class Engine:
     """Text in, text out, for one model and its tokenizer. Stops at `<|eos|>` and `<|end|>`."""
 
-    def __init__(self, model: LlamaModel, tokenizer: KoTokenizer, add_bos: bool = True) -> None:
+    def __init__(self, model: LlamaModel, tokenizer: KoTokenizer, add_bos: bool = True,
+                 stop_ids: set[int] | None = None) -> None:
         self.model, self.tokenizer, self.add_bos = model, tokenizer, add_bos
-        self.stop_ids = frozenset({tokenizer.eos_id, tokenizer.token_id("<|end|>")})
+        self.stop_ids = frozenset(stop_ids or {tokenizer.eos_id, tokenizer.token_id("<|end|>")})
 
     def prompt_ids(self, prompt: Prompt, cfg: SamplingConfig) -> list[int]:
         """Text → BOS + tokens (token-id prompts are used as given), fitted to the context."""

@@ -27,7 +27,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from krmini.chat.template import prompt_ids, stop_ids
+from krmini.chat.template import prompt_ids
 from krmini.infer.generate import SamplingConfig
 from krmini.serve.engine import Done, Engine, Job
 
@@ -141,18 +141,18 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, defa
                                param="messages", code="context_length_exceeded")
             for i in range(req.n):
                 sampling = SamplingConfig(max_new_tokens=max_tokens or default_max_tokens, temperature=req.temperature,
-                                          top_k=0, top_p=req.top_p, seed=None if req.seed is None else req.seed + i)
-                jobs.append((ids, sampling, stops))
+                                          top_k=0, top_p=req.top_p, seed=None if req.seed is None else req.seed + i,
+                                          stop=tuple(stops))
+                jobs.append((ids, sampling))
         return jobs
 
-    async def run(jobs: list, stops_ids: set[int]):
+    async def run(jobs: list):
         """Yield (choice index, text | Done) as the engine produces them, for all jobs of a request."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         submitted = []
-        for index, (ids, sampling, stops) in enumerate(jobs):
-            job = Job(ids, sampling, stops_ids, stops,
-                      lambda e, i=index: loop.call_soon_threadsafe(events.put_nowait, (i, e)))
+        for index, (ids, sampling) in enumerate(jobs):
+            job = Job(ids, sampling, lambda e, i=index: loop.call_soon_threadsafe(events.put_nowait, (i, e)))
             submitted.append(job)
             engine.submit(job)
         remaining = len(jobs)
@@ -174,7 +174,7 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, defa
         return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
                 "total_tokens": prompt_tokens + completion}
 
-    async def respond(req: Sampling, prompts: list[list[int]], max_tokens: int | None, stops_ids: set[int], chat: bool):
+    async def respond(req: Sampling, prompts: list[list[int]], max_tokens: int | None, chat: bool):
         jobs = check(req, prompts, max_tokens)
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         now = int(time.time())
@@ -188,7 +188,7 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, defa
 
         if not req.stream:
             texts, dones = [""] * len(jobs), [None] * len(jobs)
-            async for index, event in run(jobs, stops_ids):
+            async for index, event in run(jobs):
                 if isinstance(event, Done):
                     dones[index] = event
                 else:
@@ -201,7 +201,7 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, defa
 
         kind = "chat.completion.chunk" if chat else "text_completion"
         include_usage = bool((req.stream_options or {}).get("include_usage"))
-        events = run(jobs, stops_ids)
+        events = run(jobs)
 
         async def sse():
             dones = []
@@ -232,7 +232,7 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, defa
     async def chat_completions(req: ChatRequest):
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
         return await respond(req, [prompt_ids(tokenizer, messages)], req.max_completion_tokens or req.max_tokens,
-                             stop_ids(tokenizer), chat=True)
+                             chat=True)
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest):
@@ -240,6 +240,6 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, defa
         if not texts or len(texts) > MAX_N or not all(texts):
             raise APIError(400, f"prompt: expected a non-empty string or a list of 1 to {MAX_N} of them", param="prompt")
         prompts = [[tokenizer.bos_id, *tokenizer.encode(t)] for t in texts]
-        return await respond(req, prompts, req.max_tokens, {tokenizer.eos_id}, chat=False)
+        return await respond(req, prompts, req.max_tokens, chat=False)
 
     return app

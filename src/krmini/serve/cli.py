@@ -31,6 +31,7 @@ def run(args) -> int:
     try:
         import uvicorn
 
+        from krmini.chat.template import stop_ids
         from krmini.serve.api import create_app
         from krmini.serve.engine import Engine
     except ImportError:
@@ -45,7 +46,8 @@ def run(args) -> int:
         print(f"warning: serving on {args.host} without --api-key: anyone who can reach it may use it", file=sys.stderr)
     loaded = load_chat_model(args.model, pick_device(args.device), args.adapter)
     name = args.name or loaded.path.parent.parent.name
-    engine = Engine(loaded)
+    # every reply ends at <|end|>, EOS or a new role token; plain completions stop there too
+    engine = Engine(loaded, stop_ids(loaded.tokenizer))
     app = create_app(engine, name, args.api_key, args.max_tokens)
     print(f"krmini serve: {name} on http://{args.host}:{args.port}/ (API: /v1/chat/completions)", flush=True)
     try:

@@ -1,10 +1,10 @@
-"""One engine worker: a single thread owns the model and serves generation requests in turn.
+"""One engine worker: a single thread owns the model, and concurrent requests share batches.
 
-Requests from any number of HTTP handlers are queued; the worker generates one at a time and passes
-events back through each request's own callback (text pieces, then a final `Done`). One owner means
-no two requests ever touch the model or its KV cache at once, and a batching engine can later
-replace the loop without changing the HTTP layer. Stop strings are matched on the decoded text,
-holding back any tail that could still become a stop string.
+HTTP handlers queue jobs. The worker takes every job waiting (up to `max_batch`) and runs them as one
+batch through the inference engine (`krmini.infer.engine.Engine.stream_batch`: one prefill, one
+decode loop, stop strings held back), passing each job's text pieces and a final `Done` back through
+its callback. A job that arrives mid-batch waits for the next batch. One owner means no two
+requests ever touch the model or its KV cache at once.
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from krmini.errors import KrminiError
-from krmini.infer.generate import SamplingConfig, TextStream, generate_ids
+from krmini.infer.engine import Engine as InferenceEngine
 from krmini.infer.load import LoadedModel
+from krmini.infer.sampling import SamplingConfig
 
 
 @dataclass
 class Done:
-    finish_reason: str  # "stop" (stop token or string), "length" (max_tokens or context) or "cancelled"
+    finish_reason: str  # "stop" (stop token or string), "length" (max_tokens or context) or "error"
     completion_tokens: int
     error: str | None = None
     internal: bool = False  # the error is ours (500), not the request's (400)
@@ -29,40 +30,17 @@ class Done:
 
 @dataclass
 class Job:
-    prompt_ids: list[int]
-    sampling: SamplingConfig
-    stop_ids: set[int]
-    stop: list[str]
+    prompt_ids: list[int]  # already templated, BOS included
+    sampling: SamplingConfig  # stop strings travel in `sampling.stop`
     emit: Callable[[str | Done], None]  # called from the worker thread
     cancelled: threading.Event = field(default_factory=threading.Event)
 
 
-class StopStrings:
-    """Cut streamed text at the first stop string, never emitting text that could start one."""
-
-    def __init__(self, stops: list[str]) -> None:
-        self.stops = [s for s in stops if s]
-        self.buffer = ""
-
-    def feed(self, piece: str) -> tuple[str, bool]:
-        """(text safe to emit now, whether a stop string was hit)."""
-        self.buffer += piece
-        hits = [i for i in (self.buffer.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            text, self.buffer = self.buffer[: min(hits)], ""
-            return text, True
-        keep = max((k for s in self.stops for k in range(1, len(s)) if self.buffer.endswith(s[:k])), default=0)
-        text, self.buffer = self.buffer[: len(self.buffer) - keep], self.buffer[len(self.buffer) - keep :]
-        return text, False
-
-    def flush(self) -> str:
-        text, self.buffer = self.buffer, ""
-        return text
-
-
 class Engine:
-    def __init__(self, loaded: LoadedModel) -> None:
+    def __init__(self, loaded: LoadedModel, stop_ids: set[int], max_batch: int = 16) -> None:
         self.loaded = loaded
+        self.core = InferenceEngine(loaded.model, loaded.tokenizer, stop_ids=stop_ids)
+        self.max_batch = max_batch
         self.queue: queue.Queue[Job | None] = queue.Queue()
         self.thread = threading.Thread(target=self._serve, name="krmini-engine", daemon=True)
         self.thread.start()
@@ -75,34 +53,52 @@ class Engine:
         self.thread.join(timeout=10)
 
     def _serve(self) -> None:
-        while (job := self.queue.get()) is not None:
-            if job.cancelled.is_set():
-                job.emit(Done("cancelled", 0))
-                continue
-            try:
-                job.emit(self._generate(job))
-            except KrminiError as exc:
-                job.emit(Done("error", 0, str(exc)))
-            except Exception as exc:  # a bug must fail this request, never stop the worker for all others
-                job.emit(Done("error", 0, f"internal error: {type(exc).__name__}: {exc}", internal=True))
+        running = True
+        while running:
+            job = self.queue.get()
+            if job is None:
+                return
+            jobs = [job]
+            while len(jobs) < self.max_batch:
+                try:
+                    nxt = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    running = False
+                    break
+                jobs.append(nxt)
+            self._run([j for j in jobs if not j.cancelled.is_set() and self._accepts(j)])
 
-    def _generate(self, job: Job) -> Done:
-        tokenizer, model = self.loaded.tokenizer, self.loaded.model
-        stream, stops = TextStream(tokenizer), StopStrings(job.stop)
-        context = model.config.max_position_embeddings
-        steps = min(job.sampling.max_new_tokens, context - len(job.prompt_ids))
-        count = 0
-        for tid in generate_ids(model, job.prompt_ids, job.sampling, job.stop_ids):
-            count += 1
-            if job.cancelled.is_set():
-                return Done("cancelled", count)
-            text, hit = stops.feed(stream.push(tid))
-            if text:
-                job.emit(text)
-            if hit:
-                return Done("stop", count)
-        text, hit = stops.feed(stream.flush())
-        text += "" if hit else stops.flush()
-        if text:
-            job.emit(text)
-        return Done("stop" if hit or count < steps else "length", count)
+    def _accepts(self, job: Job) -> bool:
+        """Check one job alone, so a bad request fails by itself rather than its whole batch."""
+        try:
+            job.sampling.validate()
+            self.core.prompt_ids(job.prompt_ids, job.sampling)
+        except KrminiError as exc:
+            job.emit(Done("error", 0, str(exc)))
+            return False
+        return True
+
+    def _run(self, jobs: list[Job]) -> None:
+        if not jobs:
+            return
+        counts = [0] * len(jobs)
+        finished = [False] * len(jobs)
+        try:
+            for ev in self.core.stream_batch([(j.prompt_ids, j.sampling) for j in jobs]):
+                job = jobs[ev.request]
+                counts[ev.request] += ev.token_id is not None
+                if job.cancelled.is_set():
+                    if all(j.cancelled.is_set() for j in jobs):
+                        return
+                    continue
+                if ev.text:
+                    job.emit(ev.text)
+                if ev.finish_reason:
+                    finished[ev.request] = True
+                    job.emit(Done(ev.finish_reason, counts[ev.request]))
+        except Exception as exc:  # a bug must fail these requests, never stop the worker for all others
+            for job, done in zip(jobs, finished, strict=True):
+                if not done:
+                    job.emit(Done("error", 0, f"internal error: {type(exc).__name__}: {exc}", internal=True))
