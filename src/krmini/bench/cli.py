@@ -9,6 +9,7 @@ import importlib
 
 BENCH_MODULES = [
     "krmini.bench.tokenizer",
+    "krmini.bench.train",
 ]
 
 
