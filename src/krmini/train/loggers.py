@@ -6,6 +6,7 @@ dashboards never disagree. Only rank 0 of a multi-process run creates a `RunLogg
 
 from __future__ import annotations
 
+import uuid
 import warnings
 from pathlib import Path
 
@@ -59,6 +60,6 @@ def _wandb_run(out: Path, project: str, config: dict):
     except ImportError:
         raise KrminiError("train.wandb: wandb is not installed: pip install 'krmini[wandb]'") from None
     id_file = out / "wandb_id"
-    run_id = id_file.read_text(encoding="utf-8").strip() if id_file.is_file() else wandb.util.generate_id()
+    run_id = id_file.read_text(encoding="utf-8").strip() if id_file.is_file() else uuid.uuid4().hex[:8]
     id_file.write_text(run_id, encoding="utf-8")
     return wandb.init(project=project, id=run_id, resume="allow", dir=str(out), config=config, name=out.name)
