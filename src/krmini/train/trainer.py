@@ -58,11 +58,13 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, batches: 
     masked conversation batches); by default they are windows over `train.data_dir`. Under torchrun
     every process calls this; rank 0 alone writes logs and checkpoints.
     """
+    joined_here = not torch.distributed.is_initialized()  # a caller's own process group is left alone
     ctx, device = ddist.init_distributed(cfg.train.device)
     try:
         return _train(cfg, resume, progress, batches, ctx, device)
     finally:
-        ddist.shutdown_distributed()
+        if joined_here:
+            ddist.shutdown_distributed()
 
 
 def _train(cfg: RunConfig, resume: bool, progress: bool, batches: BatchSources | None,
