@@ -7,6 +7,13 @@ other processes can make a 3-second training take minutes; one thread is slower 
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -45,7 +52,7 @@ def read_jsonl_texts(path: Path, limit: int | None = None, field: str = "text") 
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
-    """A small trained run (tokenizer + shards + checkpoint) on KoNLPy's bundled corpus, ~15 s.
+    """A small trained run (tokenizer + shards + checkpoint) on KoNLPy's bundled corpus, a few seconds.
 
     Read-only for tests: copy it before changing anything.
     """
@@ -65,7 +72,104 @@ def tiny_run(tmp_path_factory) -> Path:
             progress=False)
     with torch.random.fork_rng():
         cfg = load_run_config("tiny", [f"train.data_dir={out / 'data'}", f"train.out_dir={out / 'run'}",
-                                       "model.vocab_size=2048", "train.max_steps=60", "train.eval_interval=30",
-                                       "train.save_interval=30", "train.device=cpu"])
+                                       "model.vocab_size=2048", "train.batch_size=8", "train.seq_len=64",
+                                       "train.max_steps=40", "train.eval_interval=20", "train.save_interval=20",
+                                       "train.device=cpu"])
         train(cfg, progress=False)
     return out / "run"
+
+
+CHAT_PAIRS = [("안녕하세요", "안녕하세요! 무엇을 도와드릴까요?"), ("오늘 날씨 어때?", "맑고 따뜻한 날이에요."),
+              ("배고파", "맛있는 밥을 드세요."), ("고마워", "천만에요."), ("심심해", "산책을 해 보세요."),
+              ("잘 자", "좋은 꿈 꾸세요."), ("힘들어", "오늘도 수고 많았어요."), ("뭐 해?", "당신과 이야기하고 있어요.")]
+
+
+def write_chat_jsonl(path: Path, repeat: int = 6) -> Path:
+    """A small Korean chat set: single- and multi-turn conversations, some with a system prompt."""
+    with open(path, "w", encoding="utf-8") as fh:
+        for r in range(repeat):
+            for i, (q, a) in enumerate(CHAT_PAIRS):
+                messages = [{"role": "system", "content": "친절한 비서"}] if (r + i) % 3 == 0 else []
+                messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+                if r % 2:
+                    q2, a2 = CHAT_PAIRS[(i + r) % len(CHAT_PAIRS)]
+                    messages += [{"role": "user", "content": q2}, {"role": "assistant", "content": a2}]
+                fh.write(json.dumps({"messages": messages, "n": r}, ensure_ascii=False) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def chat_run(tiny_run, tmp_path_factory) -> Path:
+    """`tiny_run` instruction-tuned for 40 steps on `write_chat_jsonl` data (read-only for tests)."""
+    from krmini.chat.sft import run_sft
+
+    out = tmp_path_factory.mktemp("chat_run")
+    data = write_chat_jsonl(out / "chat.jsonl")
+    with torch.random.fork_rng():
+        run_sft(tiny_run, [str(data)], out / "run", progress=False, val_fraction=0.2,
+                overrides=["train.max_steps=40", "train.batch_size=8", "train.seq_len=128", "train.lr=2.0e-3",
+                           "train.warmup_steps=5", "train.eval_interval=40", "train.save_interval=40",
+                           "train.device=cpu"])
+    return out / "run"
+
+MAX_TOKENS = 16
+
+
+@dataclass
+class Server:
+    url: str
+    key: str
+    process: subprocess.Popen
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def chat_server(chat_run, tmp_path_factory):
+    """`krmini serve chat_run` as a real process on 127.0.0.1 and a free port, with an API key."""
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONIOENCODING": "utf-8"}
+    log_path = tmp_path_factory.mktemp("serve") / "server.log"
+    log = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 (the server writes to it until teardown)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "krmini", "serve", str(chat_run), "--port", str(port), "--api-key", "test-key",
+         "--name", "krmini-test", "--max-tokens", str(MAX_TOKENS), "--device", "cpu"],
+        env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"server did not start:\n{log_path.read_text(encoding='utf-8')}")
+        time.sleep(0.2)
+    yield Server(url, "test-key", process)
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()
+
+
+@pytest.fixture(scope="session")
+def chat_local(chat_run):
+    """The served model loaded in this process, to compute what greedy replies must be."""
+    from krmini.chat.load import load_chat_model
+
+    return load_chat_model(chat_run, torch.device("cpu"))
+
+
+def greedy(n: int = MAX_TOKENS):
+    from krmini.infer.generate import SamplingConfig
+
+    return SamplingConfig(max_new_tokens=n, temperature=0.0, top_k=0, top_p=1.0)

@@ -17,12 +17,17 @@ from krmini.errors import KrminiError
 COMMAND_MODULES = [
     "krmini.demo",
     "krmini.data.cli",
+    "krmini.data.download",
     "krmini.tokenizer.cli",
     "krmini.model.cli",
     "krmini.train.cli",
     "krmini.infer.cli",
     "krmini.lab.cli",
     "krmini.bench.cli",
+    "krmini.eval.cli",
+    "krmini.export.cli",
+    "krmini.chat.cli",
+    "krmini.serve.cli",
 ]
 
 

@@ -52,6 +52,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def _join(where: str, key: str) -> str:
+    """`file.yaml:` + `train` → `file.yaml: train`; `…train` + `lr` → `…train.lr`."""
+    return f"{where} {key}" if where.endswith(":") else f"{where}.{key}"
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
@@ -86,6 +91,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return value
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        # YAML 1.1 reads `3e-4` (no dot) as a string; accept any number spelled that way.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp is int and isinstance(value, bool) or not isinstance(value, tp):
         raise KrminiError(f"{where}: expected {_type_name(tp)}, got {value!r}")
     return value
@@ -101,15 +112,15 @@ def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
         if key not in fields:
             close = difflib.get_close_matches(str(key), fields, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise KrminiError(f"{where}: unknown key {key!r}{hint}")
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+            raise KrminiError(f"{_join(where, str(key))}: unknown key{hint}")
+    kwargs = {k: _coerce(v, hints[k], _join(where, k)) for k, v in data.items()}
     try:
         obj = cls(**kwargs)
     except TypeError as exc:
         raise KrminiError(f"{where}: {exc}") from None
     validate = getattr(obj, "validate", None)
     if validate is not None:
-        validate(where)
+        validate(where.rstrip(":"))
     return obj
 
 

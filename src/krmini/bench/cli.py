@@ -9,6 +9,9 @@ import importlib
 
 BENCH_MODULES = [
     "krmini.bench.tokenizer",
+    "krmini.bench.prepare",
+    "krmini.bench.export",
+    "krmini.bench.generate",
     "krmini.bench.train",
 ]
 

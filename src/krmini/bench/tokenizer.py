@@ -40,6 +40,8 @@ def _sentencepiece(texts: list[str], vocab_size: int, workdir: Path):
     spm.SentencePieceTrainer.train(
         input=str(corpus), model_prefix=str(workdir / "sp"), vocab_size=vocab_size, model_type="bpe",
         byte_fallback=True, character_coverage=0.9995, split_digits=True, num_threads=2,
+        # like ours: no NFKC folding, spaces kept as written, so it can be lossless too
+        normalization_rule_name="identity", remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
         max_sentence_length=1 << 20, input_sentence_size=0, minloglevel=2,
     )
     seconds = time.perf_counter() - start

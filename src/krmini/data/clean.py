@@ -1,4 +1,4 @@
-"""Text normalisation and the document filters applied before tokenization.
+"""Text normalisation applied to every document before filtering and tokenization.
 
 NFC first: Korean can be written as precomposed syllables (가) or as conjoining jamo (ᄀ+ᅡ), which
 look identical but tokenize differently. Then control characters go, and whitespace is made regular.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\ufeff]")
 _SPACES = re.compile(r"[ \t\u00a0\u3000]+")
@@ -23,17 +22,3 @@ def clean_text(text: str) -> str:
     text = "\n".join(line.strip() for line in text.split("\n"))
     return _MANY_NEWLINES.sub("\n\n", text).strip()
 
-
-@dataclass
-class LengthFilter:
-    """Drop documents too short to teach anything or so long they are likely dumps."""
-
-    min_chars: int = 1
-    max_chars: int = 1_000_000
-
-    def reason(self, text: str) -> str | None:
-        if len(text) < self.min_chars:
-            return "too_short"
-        if len(text) > self.max_chars:
-            return "too_long"
-        return None

@@ -44,16 +44,18 @@ class SplitStats:
 
 
 class ShardWriter:
-    """Append documents' token ids to `{split}_{index:05d}.bin`, starting a new shard every `shard_tokens`."""
+    """Append documents' token ids to `{prefix}{split}_{index:05d}.bin`, a new shard every `shard_tokens`."""
 
-    def __init__(self, out_dir: Path, split: str, dtype: np.dtype, shard_tokens: int, stats: SplitStats) -> None:
+    def __init__(self, out_dir: Path, split: str, dtype: np.dtype, shard_tokens: int, stats: SplitStats,
+                 prefix: str = "") -> None:
         self.out_dir, self.split, self.dtype, self.shard_tokens, self.stats = out_dir, split, dtype, shard_tokens, stats
+        self.prefix = prefix  # names one machine's shards apart from another's (`krmini prepare --shard-index`)
         self._fh = None
         self._tmp: Path | None = None
         self._written = 0
 
     def _open(self) -> None:
-        name = f"{self.split}_{len(self.stats.shards):05d}.bin"
+        name = f"{self.prefix}{self.split}_{len(self.stats.shards):05d}.bin"
         self._tmp = self.out_dir / (name + ".tmp")
         self._fh = open(self._tmp, "wb")  # noqa: SIM115 (kept open across write() calls)
         self._written = 0
@@ -78,8 +80,8 @@ class ShardWriter:
             self._fh = None
 
 
-def write_manifest(out_dir: Path, manifest: dict) -> None:
-    atomic_write_bytes(out_dir / MANIFEST, json.dumps(manifest, ensure_ascii=False, indent=2).encode("utf-8"))
+def write_manifest(out_dir: Path, manifest: dict, name: str = MANIFEST) -> None:
+    atomic_write_bytes(out_dir / name, json.dumps(manifest, ensure_ascii=False, indent=2).encode("utf-8"))
 
 
 def read_manifest(data_dir: str | Path) -> dict:

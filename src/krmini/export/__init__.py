@@ -1,1 +1,1 @@
-"""Export to the ecosystem: Hugging Face `transformers` layout (and, later, GGUF)."""
+"""Export to the ecosystem: Hugging Face `transformers` layout and GGUF (llama.cpp, Ollama); HF import."""

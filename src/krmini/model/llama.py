@@ -192,11 +192,14 @@ class LlamaModel(nn.Module):
         cache: KVCache | None = None,
         position_ids: torch.Tensor | None = None,
         attn_mask: torch.Tensor | None = None,
+        last_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Return (logits, loss). With `targets`, loss is the mean cross-entropy (-100 is ignored).
 
         `position_ids` (B, T) defaults to cache.length + arange(T); `attn_mask` (B, 1, T, S) is a
-        boolean "may attend" mask for batches of left-padded prompts.
+        boolean "may attend" mask for batches of left-padded prompts. `last_only` computes logits for
+        the last position only (B, 1, V): generation needs no more, and with a large vocabulary the
+        LM head would otherwise dominate a long prompt's prefill.
         """
         B, T = input_ids.shape
         start = cache.length if cache is not None else 0
@@ -219,6 +222,8 @@ class LlamaModel(nn.Module):
                 x = layer(x, cos, sin, cache, i, attn_mask)
         if cache is not None:
             cache.length += T
+        if last_only:
+            x = x[:, -1:]
         x = self.model.norm(x)
         if targets is None:
             return self.lm_head(x), None

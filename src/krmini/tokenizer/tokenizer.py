@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
+from krmini.chat.template import CHAT_TEMPLATE
 from krmini.errors import KrminiError
 
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
@@ -52,10 +53,12 @@ class KoTokenizer:
         reserved = len(SPECIAL_TOKENS) + len(BYTE_TOKENS)
         if vocab_size < reserved + 64:
             raise KrminiError(f"vocab_size: expected at least {reserved + 64}, got {vocab_size}")
+        # The trainer keeps every alphabet character whatever the target size, so cap the alphabet
+        # to leave room for merges; rarer characters fall back to bytes.
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size - len(BYTE_TOKENS),
             min_frequency=min_frequency,
-            limit_alphabet=limit_alphabet,
+            limit_alphabet=min(limit_alphabet, (vocab_size - reserved) // 2),
             special_tokens=SPECIAL_TOKENS,
             show_progress=show_progress,
         )
@@ -89,6 +92,7 @@ class KoTokenizer:
             "add_eos_token": False,
             "clean_up_tokenization_spaces": False,
             "model_max_length": model_max_length,
+            "chat_template": CHAT_TEMPLATE,
         }
         (out / CONFIG_FILE).write_text(json.dumps(config, ensure_ascii=False, indent=2), encoding="utf-8")
         return out

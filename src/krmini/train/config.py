@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from krmini.chat.lora import LoraConfig
 from krmini.config import apply_overrides, from_dict, load_yaml
 from krmini.device import PRECISIONS
 from krmini.errors import KrminiError
@@ -43,6 +44,7 @@ class TrainConfig:
     wandb_project: str = "krmini"
     peak_tflops: float = 0.0  # device peak for MFU; 0 measures a matmul at start
     seed: int = 1337
+    init_from: str = ""  # checkpoint or run whose weights start the run (fine-tuning); "" = random init
 
     def validate(self, where: str = "train") -> None:
         for name in ("seq_len", "batch_size", "grad_accum", "max_steps", "eval_interval", "save_interval",
@@ -67,6 +69,7 @@ class TrainConfig:
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    lora: LoraConfig | None = None  # train LoRA adapters on a frozen model instead of all weights
 
     def validate(self, where: str = "config") -> None:
         if self.train.seq_len > self.model.max_position_embeddings:
@@ -79,7 +82,7 @@ def load_run_config(path: str | Path | None, overrides: list[str] | None = None)
         path = resolve_config_path(str(path))
     data = load_yaml(path) if path else {}
     apply_overrides(data, overrides or [])
-    return from_dict(RunConfig, data, str(path or "config"))
+    return from_dict(RunConfig, data, f"{path or 'config'}:")
 
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"

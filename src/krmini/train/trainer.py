@@ -19,6 +19,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from krmini.chat.lora import apply_lora
 from krmini.data.loader import TokenWindows
 from krmini.data.shards import load_split, read_manifest
 from krmini.device import autocast, pick_precision
@@ -84,6 +85,17 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, batches: BatchSources |
 
     model = LlamaModel(cfg.model).to(device)
     model.grad_checkpointing = t.grad_checkpointing
+    if t.init_from and not resume:
+        base = ckpt.resolve_checkpoint(t.init_from)
+        ckpt.read_state(base)
+        ckpt.load_model_weights(model, base)
+        if ctx.is_main:
+            print(f"initialised from {base}")
+    if cfg.lora:
+        trainable, total = apply_lora(model, cfg.lora)
+        if ctx.is_main:
+            print(f"LoRA r={cfg.lora.r}: training {trainable:,} of {total:,} parameters "
+                  f"({100 * trainable / total:.2f}%)")
     start_step, state, path = 0, None, None
     if resume:
         path, state = ckpt.last_good_checkpoint(ckpt_root)

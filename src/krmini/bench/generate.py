@@ -1,0 +1,235 @@
+"""`krmini bench generate`: our engine against Hugging Face `transformers`, same weights, same process.
+
+For fp32, bf16 and int8 (ours; `transformers` runs fp32 and bf16 of the converted model) we measure
+prefill tokens/s and time to first token on a long prompt, decode tokens/s at batch 1 and 8 (greedy,
+no early stop), memory (weights + KV cache at batch 8) and size on disk. Ours and Hugging Face's
+runs alternate within each repeat and the median is reported, so load from other processes on the
+machine hits both sides alike. The bandwidth bound — weight bytes read per token ÷ memory bandwidth
+measured here with a large tensor copy — shows how far batch-1 decoding is from the physical limit.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from krmini.errors import KrminiError
+from krmini.infer.engine import DecodeBatch
+from krmini.infer.quantize import int8_tensors, quantize_model
+from krmini.infer.sampling import SamplingConfig
+from krmini.model import LlamaModel
+from krmini.train.checkpoint import model_tensors
+
+GREEDY = dict(temperature=0.0)
+
+
+def memory_bandwidth(mb: int = 512, repeats: int = 5) -> float:
+    """Bytes/s of a large tensor copy (each byte read once and written once)."""
+    src = torch.ones(mb * 2**20 // 4)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - start)
+    return 2 * src.numel() * 4 / best
+
+
+def _disk_bytes(tensors: dict[str, torch.Tensor]) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        save_file(tensors, Path(tmp) / "model.safetensors")
+        return (Path(tmp) / "model.safetensors").stat().st_size
+
+
+def _weight_bytes(model: torch.nn.Module) -> int:
+    seen, total = set(), 0
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.data_ptr() not in seen and t.dim() >= 1 and t.numel() > 1:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    rope = model.rope_cos.nbytes + model.rope_sin.nbytes if hasattr(model, "rope_cos") else 0
+    return total - rope
+
+
+def _ours(model: LlamaModel, prompts: list[list[int]], new_tokens: int) -> tuple[float, float]:
+    """(seconds to the first token, seconds for the remaining new_tokens - 1 steps)."""
+    start = time.perf_counter()
+    batch = DecodeBatch(model, prompts, [SamplingConfig(max_new_tokens=new_tokens, **GREEDY)] * len(prompts))
+    batch.step()
+    first = time.perf_counter()
+    while batch.running:
+        batch.step()
+    return first - start, time.perf_counter() - first
+
+
+def _hf(hf, prompts: list[list[int]], new_tokens: int) -> tuple[float, float]:
+    ids = torch.tensor(prompts)
+    mask = torch.ones_like(ids)
+    with torch.inference_mode():
+        start = time.perf_counter()
+        hf.generate(ids, attention_mask=mask, max_new_tokens=1, do_sample=False)
+        first = time.perf_counter()
+        hf.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False)
+        end = time.perf_counter()
+    return first - start, max((end - first) - (first - start), 1e-9)
+
+
+def _measure(run, model, prefill_ids: list[int], decode_ids: list[list[int]], new_tokens: int) -> dict:
+    ttft, _ = run(model, [prefill_ids], 1)
+    out = {"ttft_ms": ttft * 1e3, "prefill_tok_s": len(prefill_ids) / ttft}
+    for b in (1, 8):
+        _, rest = run(model, decode_ids[:b], new_tokens)
+        out[f"decode_b{b}_tok_s"] = b * (new_tokens - 1) / rest
+    return out
+
+
+def build_variants(model: LlamaModel, with_hf: bool) -> dict[str, dict]:
+    """name → {"model", "kind" (ours|hf), "dtype", "weights", "disk"} built from one fp32 model."""
+    model = model.float().eval()
+    variants = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        m = copy.deepcopy(model).to(dtype)
+        disk = _disk_bytes(model_tensors(m))
+        variants[f"ours-{name}"] = {"model": m, "kind": "ours", "dtype": name, "disk": disk}
+        if with_hf:
+            from krmini.export.hf import to_hf_model
+
+            hf = to_hf_model(m)
+            hf.generation_config.eos_token_id = None  # always generate the full length, like ours
+            hf.generation_config.pad_token_id = 0
+            variants[f"hf-{name}"] = {"model": hf, "kind": "hf", "dtype": name, "disk": disk}
+    q = quantize_model(copy.deepcopy(model)).to(torch.bfloat16)
+    variants["ours-int8"] = {"model": q, "kind": "ours", "dtype": "int8", "disk": _disk_bytes(int8_tensors(q))}
+    for v in variants.values():
+        v["weights"] = _weight_bytes(v["model"])
+    return variants
+
+
+def run_benchmark(model: LlamaModel, label: str, threads: int, new_tokens: int, prompt_tokens: int,
+                  repeats: int, with_hf: bool, bandwidth_mb: int = 512) -> dict:
+    torch.set_num_threads(threads)
+    cfg = model.config
+    context = cfg.max_position_embeddings
+    if context < 2 or new_tokens < 2:
+        raise KrminiError("--new-tokens: expected >= 2 and a model context of at least 2")
+    prefill_len = min(prompt_tokens, context - 1)
+    decode_len = min(32, context - new_tokens)
+    if decode_len < 1:
+        raise KrminiError(f"--new-tokens: {new_tokens} leaves no room for a prompt in the context of {context}")
+    gen = torch.Generator().manual_seed(0)
+    vocab = range(3, cfg.vocab_size)
+    prefill_ids = torch.randint(vocab.start, vocab.stop, (prefill_len,), generator=gen).tolist()
+    decode_ids = torch.randint(vocab.start, vocab.stop, (8, decode_len), generator=gen).tolist()
+
+    bandwidth = memory_bandwidth(bandwidth_mb)
+    variants = build_variants(model, with_hf)
+    samples: dict[str, list[dict]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, v in variants.items():  # ours-fp32, hf-fp32, ours-bf16, hf-bf16, ours-int8: interleaved
+            runner = _ours if v["kind"] == "ours" else _hf
+            samples[name].append(_measure(runner, v["model"], prefill_ids, decode_ids, new_tokens))
+    kv_per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim
+    rows = {}
+    for name, v in variants.items():
+        row = {k: statistics.median(s[k] for s in samples[name]) for k in samples[name][0]}
+        elem = 4 if v["dtype"] == "fp32" else 2
+        kv = kv_per_token * elem * 8 * (decode_len + new_tokens)
+        row.update(dtype=v["dtype"], kind=v["kind"], weights_mb=v["weights"] / 1e6, disk_mb=v["disk"] / 1e6,
+                   memory_mb=(v["weights"] + kv) / 1e6, bound_tok_s=bandwidth / v["weights"],
+                   decode_b1_runs=[round(s["decode_b1_tok_s"], 1) for s in samples[name]])
+        row["of_bound"] = row["decode_b1_tok_s"] / row["bound_tok_s"]
+        rows[name] = row
+    ratios = {}
+    for dtype in ("fp32", "bf16"):
+        if f"hf-{dtype}" in rows:
+            ours, hf = rows[f"ours-{dtype}"], rows[f"hf-{dtype}"]
+            ratios[dtype] = {k: ours[k] / hf[k] for k in ("prefill_tok_s", "decode_b1_tok_s", "decode_b8_tok_s")}
+    return {"model": label, "parameters": model.num_parameters(), "config": vars(cfg).copy(), "threads": threads,
+            "new_tokens": new_tokens, "prefill_tokens": prefill_len, "decode_prompt_tokens": decode_len,
+            "repeats": repeats, "bandwidth_gb_s": bandwidth / 1e9, "results": rows, "ours_over_hf": ratios,
+            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3,
+            "torch": torch.__version__}
+
+
+def profile_decode_step(model: LlamaModel, steps: int = 5, rows: int = 15) -> str:
+    """torch.profiler table of the top ops over `steps` batch-1 decode steps (after warm-up)."""
+    from torch.profiler import profile
+
+    batch = DecodeBatch(model, [list(range(3, 35))], [SamplingConfig(max_new_tokens=64, **GREEDY)])
+    for _ in range(10):
+        batch.step()
+    with profile() as prof:
+        for _ in range(steps):
+            batch.step()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
+def format_table(r: dict) -> str:
+    lines = [f"{r['model']}: {r['parameters'] / 1e6:.2f}M parameters, {r['threads']} threads, "
+             f"prefill {r['prefill_tokens']} tokens, decode {r['new_tokens']} new tokens after "
+             f"{r['decode_prompt_tokens']}, median of {r['repeats']}; memory bandwidth {r['bandwidth_gb_s']:.1f} GB/s",
+             f"{'engine':<11}{'prefill t/s':>12}{'TTFT ms':>9}{'decode b1':>10}{'decode b8':>10}"
+             f"{'bound b1':>9}{'of bound':>9}{'mem MB':>8}{'disk MB':>8}"]
+    for name, x in r["results"].items():
+        lines.append(f"{name:<11}{x['prefill_tok_s']:>12,.0f}{x['ttft_ms']:>9.1f}{x['decode_b1_tok_s']:>10.1f}"
+                     f"{x['decode_b8_tok_s']:>10.1f}{x['bound_tok_s']:>9.0f}{x['of_bound']:>9.0%}"
+                     f"{x['memory_mb']:>8.1f}{x['disk_mb']:>8.1f}")
+    for dtype, ratio in r["ours_over_hf"].items():
+        lines.append(f"ours / HF ({dtype}): prefill {ratio['prefill_tok_s']:.2f}x, decode b1 "
+                     f"{ratio['decode_b1_tok_s']:.2f}x, decode b8 {ratio['decode_b8_tok_s']:.2f}x")
+    return "\n".join(lines)
+
+
+def _model_from_args(args) -> tuple[LlamaModel, str]:
+    if bool(args.model) == bool(args.preset):
+        raise KrminiError("bench generate: give a RUN directory or --preset (one of them)")
+    if args.model:
+        from krmini.infer.load import load_model
+
+        loaded = load_model(args.model, torch.device("cpu"))
+        return loaded.model, str(loaded.path)
+    from krmini.train.config import load_run_config
+
+    overrides = [f"model.vocab_size={args.vocab_size}"] if args.vocab_size else []
+    cfg = load_run_config(args.preset, overrides).model
+    torch.manual_seed(0)
+    return LlamaModel(cfg).eval(), f"preset {args.preset} (random init, vocab {cfg.vocab_size})"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("generate", help="prefill/decode speed: ours (fp32/bf16/int8) vs transformers",
+                              description=__doc__)
+    p.add_argument("model", nargs="?", metavar="RUN_OR_CKPT", help="a trained run or checkpoint")
+    p.add_argument("--preset", help="benchmark a randomly initialised preset instead (tiny, small, ...)")
+    p.add_argument("--vocab-size", type=int, help="override the preset's vocabulary size")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
+    p.add_argument("--new-tokens", type=int, default=128, help="decode length (default: 128)")
+    p.add_argument("--prompt-tokens", type=int, default=512, help="prefill length, capped by the context")
+    p.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported")
+    p.add_argument("--no-hf", action="store_true", help="skip the transformers comparison")
+    p.add_argument("--profile", action="store_true", help="also print the top ops of a bf16 decode step")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    if args.threads < 1 or args.repeats < 1:
+        raise KrminiError("--threads and --repeats: expected >= 1")
+    model, label = _model_from_args(args)
+    results = run_benchmark(model, label, args.threads, args.new_tokens, args.prompt_tokens, args.repeats,
+                            not args.no_hf)
+    print(format_table(results))
+    if args.profile:
+        results["profile_bf16_decode"] = profile_decode_step(copy.deepcopy(model).to(torch.bfloat16))
+        print(results["profile_bf16_decode"])
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
+    return 0

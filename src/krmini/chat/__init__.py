@@ -1,0 +1,1 @@
+"""Chat: the conversation template, instruction-tuning data, LoRA adapters and the terminal REPL."""

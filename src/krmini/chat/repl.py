@@ -1,0 +1,113 @@
+"""`krmini chat`: a terminal chat that streams replies and keeps the conversation.
+
+Input is plain `input()`: with `readline` loaded, line editing and multibyte (Korean IME) input
+work in any UTF-8 terminal. History is re-rendered with the chat template every turn; when it no
+longer fits the context, the oldest exchanges are dropped and the user is told.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+
+from krmini.chat.template import fit_history, prompt_ids, stop_ids
+from krmini.errors import KrminiError
+from krmini.infer.generate import SamplingConfig, TextStream, generate_ids
+from krmini.infer.load import LoadedModel
+
+try:  # noqa: SIM105 - readline gives input() line editing where the platform has it
+    import readline  # noqa: F401
+except ImportError:
+    pass
+
+HELP = ("명령 / commands: /reset 대화 지우기 (clear history) · /system TEXT 시스템 프롬프트 (set system prompt) · "
+        "/temp X 온도 (temperature) · /exit 끝내기 (quit)")
+
+
+@dataclass
+class ChatSession:
+    """A conversation with a loaded model: history, system prompt and sampling settings."""
+
+    loaded: LoadedModel
+    sampling: SamplingConfig
+    system: str = ""
+    history: list[dict] = field(default_factory=list)
+
+    def messages(self) -> list[dict]:
+        return ([{"role": "system", "content": self.system}] if self.system else []) + self.history
+
+    def reply(self, text: str, notice=print) -> Iterator[str]:
+        """Stream the reply to `text`; the history keeps both once the reply is complete."""
+        tokenizer, context = self.loaded.tokenizer, self.loaded.model.config.max_position_embeddings
+        budget = max(context - self.sampling.max_new_tokens, context // 2)
+        messages, dropped = fit_history(tokenizer, [*self.messages(), {"role": "user", "content": text}], budget)
+        if dropped:
+            self.history = self.history[dropped:]
+            notice(f"(문맥 길이를 넘어 오래된 메시지 {dropped}개를 뺐습니다 / dropped the {dropped} oldest "
+                   f"messages to fit the {context}-token context)")
+        ids = prompt_ids(tokenizer, messages)
+        if len(ids) >= context:
+            raise KrminiError(f"message: {len(ids)} tokens with the system prompt, more than the "
+                              f"{context}-token context; send a shorter message")
+        stream, pieces = TextStream(tokenizer), []
+        for tid in generate_ids(self.loaded.model, ids, self.sampling, stop_ids(tokenizer)):
+            piece = stream.push(tid)
+            if piece:
+                pieces.append(piece)
+                yield piece
+        tail = stream.flush()
+        if tail:
+            pieces.append(tail)
+            yield tail
+        self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": "".join(pieces)}]
+        if self.sampling.seed is not None:  # reproducible, but not the same random draws every turn
+            self.sampling = replace(self.sampling, seed=self.sampling.seed + 1)
+
+    def command(self, line: str) -> bool:
+        """Handle a /command; False means quit."""
+        name, _, arg = line.partition(" ")
+        if name in ("/exit", "/quit"):
+            return False
+        if name == "/reset":
+            self.history = []
+            print("(대화를 지웠습니다 / history cleared)")
+        elif name == "/system":
+            self.system = arg.strip()
+            print(f"(시스템 프롬프트 / system prompt: {self.system or '없음 (none)'})")
+        elif name == "/temp":
+            try:
+                self.sampling = replace(self.sampling, temperature=float(arg))
+                print(f"(온도 / temperature = {self.sampling.temperature})")
+            except ValueError:
+                print("(/temp 다음에 숫자를 주세요, 예: /temp 0.7 / usage: /temp 0.7)")
+        else:
+            print(HELP)
+        return True
+
+
+def repl(session: ChatSession, out=sys.stdout) -> None:
+    out.write(f"krmini chat — {session.loaded.path}\n{HELP}\n")
+    while True:
+        try:
+            line = input("나> ").strip()
+        except EOFError:
+            out.write("\n")
+            return
+        if not line:
+            continue
+        if line.startswith("/"):
+            if not session.command(line):
+                return
+            continue
+        out.write("봇> ")
+        out.flush()
+        try:
+            for piece in session.reply(line):
+                out.write(piece)
+                out.flush()
+        except KrminiError as exc:
+            out.write(f"(오류 / error: {exc})")
+        except KeyboardInterrupt:
+            out.write(" (중단 / interrupted)")
+        out.write("\n")

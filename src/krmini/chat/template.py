@@ -1,0 +1,89 @@
+"""The one chat template: how a conversation becomes token ids, for training and for serving alike.
+
+    <|bos|><|system|>…<|end|><|user|>…<|end|><|assistant|>…<|end|><|user|>…<|end|><|assistant|>
+
+Role tokens are reserved special tokens, so a message's text never merges with its role. Each
+message is its role token, its content, then `<|end|>`; a reply is generated after a bare
+`<|assistant|>` and stops at `<|end|>`. Training learns only the assistant's content and its
+`<|end|>` (the mask). No newlines or spaces are added around role tokens: the same string, given to
+`transformers`' `apply_chat_template` through `CHAT_TEMPLATE`, tokenizes to exactly these ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from krmini.errors import KrminiError
+
+if TYPE_CHECKING:
+    from krmini.tokenizer import KoTokenizer
+
+ROLES = ("system", "user", "assistant")
+END = "<|end|>"
+
+# Jinja for tokenizer_config.json; must render the same string `render` tokenizes piece by piece.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
+
+
+def role_token(role: str) -> str:
+    return f"<|{role}|>"
+
+
+@dataclass
+class Rendered:
+    ids: list[int]
+    mask: list[int]  # 1 where the token is learned: assistant content and its <|end|>
+
+
+def render(tokenizer: KoTokenizer, messages: list[dict], add_generation_prompt: bool = False) -> Rendered:
+    """Token ids (and the training mask) of a conversation; see the module docstring for the layout."""
+    ids, mask = [tokenizer.bos_id], [0]
+    end_id = tokenizer.token_id(END)
+    for i, message in enumerate(messages):
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLES:
+            raise KrminiError(f"messages[{i}].role: expected one of {', '.join(ROLES)}, got {role!r}")
+        if not isinstance(content, str):
+            raise KrminiError(f"messages[{i}].content: expected a string, got {type(content).__name__}")
+        body = [*tokenizer.encode(content), end_id]
+        learned = 1 if role == "assistant" else 0
+        ids += [tokenizer.token_id(role_token(role)), *body]
+        mask += [0, *[learned] * len(body)]
+    if add_generation_prompt:
+        ids.append(tokenizer.token_id(role_token("assistant")))
+        mask.append(0)
+    return Rendered(ids, mask)
+
+
+def prompt_ids(tokenizer: KoTokenizer, messages: list[dict]) -> list[int]:
+    """The ids a reply is generated after: the conversation plus a bare `<|assistant|>`."""
+    return render(tokenizer, messages, add_generation_prompt=True).ids
+
+
+def stop_ids(tokenizer: KoTokenizer) -> set[int]:
+    """A reply ends at `<|end|>`; EOS and a new role token also end it (a weak model may skip `<|end|>`)."""
+    return {tokenizer.token_id(END), tokenizer.eos_id, *(tokenizer.token_id(role_token(r)) for r in ROLES)}
+
+
+def fit_history(tokenizer: KoTokenizer, messages: list[dict], budget: int) -> tuple[list[dict], int]:
+    """Drop the oldest non-system turns until the prompt fits in `budget` tokens.
+
+    Returns the kept messages and how many were dropped. A leading system message is always kept;
+    the newest message is never dropped (if it alone is too long, the caller reports it).
+    """
+    system = messages[:1] if messages and messages[0]["role"] == "system" else []
+    turns = messages[len(system):]
+    dropped = 0
+    while len(turns) > 1 and len(prompt_ids(tokenizer, system + turns)) > budget:
+        # drop a whole exchange (user + its reply) so the history still alternates
+        step = 2 if len(turns) > 2 and turns[0]["role"] == "user" and turns[1]["role"] == "assistant" else 1
+        turns = turns[step:]
+        dropped += step
+    return system + turns, dropped

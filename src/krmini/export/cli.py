@@ -1,0 +1,61 @@
+"""`krmini export hf|gguf` and `krmini import hf`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from krmini.export.gguf import GGUF_TYPES, export_gguf
+from krmini.export.hf import export_hf, import_hf
+from krmini.infer.load import load_model
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("export", help="내보내기 / export a model to Hugging Face or GGUF (llama.cpp, Ollama)")
+    sub = p.add_subparsers(dest="export_command", metavar="FORMAT", required=True)
+    hf = sub.add_parser("hf", help="Hugging Face directory: config.json, safetensors, tokenizer",
+                        description="Write OUT/ so that transformers' AutoModelForCausalLM (LlamaForCausalLM) and "
+                        "AutoTokenizer load it without custom code.")
+    hf.add_argument("model", metavar="RUN_OR_CKPT")
+    hf.add_argument("out", metavar="OUT_DIR")
+    hf.add_argument("--force", action="store_true", help="replace OUT_DIR if it is not empty")
+    hf.set_defaults(func=run_export_hf)
+
+    gg = sub.add_parser("gguf", help="one GGUF file for llama.cpp / llama-cpp-python / Ollama",
+                        description="Write a GGUF file (architecture llama, SentencePiece-style vocabulary).")
+    gg.add_argument("model", metavar="RUN_OR_CKPT")
+    gg.add_argument("out", metavar="OUT.gguf")
+    gg.add_argument("--type", default="f16", choices=GGUF_TYPES, help="weight type (default: f16)")
+    gg.add_argument("--force", action="store_true", help="replace OUT.gguf if it exists")
+    gg.set_defaults(func=run_export_gguf)
+
+    imp = subparsers.add_parser("import", help="가져오기 / import a Hugging Face Llama checkpoint as a krmini run")
+    isub = imp.add_subparsers(dest="import_command", metavar="FORMAT", required=True)
+    ih = isub.add_parser("hf", help="Llama-architecture HF directory (safetensors) → run directory",
+                         description="Read config.json + model.safetensors (+ tokenizer.json) and write a run "
+                         "directory with one checkpoint, usable by generate/eval/train.")
+    ih.add_argument("src", metavar="HF_DIR")
+    ih.add_argument("out", metavar="OUT_RUN")
+    ih.add_argument("--force", action="store_true", help="replace OUT_RUN if it is not empty")
+    ih.set_defaults(func=run_import_hf)
+
+
+def run_export_hf(args) -> int:
+    out = export_hf(load_model(args.model, torch.device("cpu")), Path(args.out), args.force)
+    print(f"Hugging Face model → {out}/ (AutoModelForCausalLM.from_pretrained({str(out)!r}))")
+    return 0
+
+
+def run_export_gguf(args) -> int:
+    loaded = load_model(args.model, torch.device("cpu"))
+    name = Path(args.model).resolve().name
+    out = export_gguf(loaded, Path(args.out), args.type, args.force, name=name)
+    print(f"GGUF ({args.type}) → {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def run_import_hf(args) -> int:
+    out = import_hf(Path(args.src), Path(args.out), args.force)
+    print(f"imported {args.src} → run {out}/ (krmini generate {out} --prompt ...)")
+    return 0

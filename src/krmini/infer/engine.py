@@ -1,0 +1,262 @@
+"""The inference engine: one prefill, then a decode loop over a static batch of sequences.
+
+    prompts ──left-pad──▶ prefill (one forward pass, fills a preallocated KV cache)
+            ──n copies of each prompt's cache rows──▶ decode: feed the newest token of every row,
+            penalise / sample per request, stop on stop ids, stop strings or the length limit
+
+Prompts of different lengths share one batch by left padding: pad slots are masked out of every
+key set (`attn_mask`) and each row's positions start at 0 at its first real token (`position_ids`),
+so a row computes what it would alone. Everything per step is preallocated or a view (cache, key
+mask, positions); what remains per token is the model's own activations and the logits.
+
+The CLI, the chat REPL and the server all use this one engine: `Engine.stream` for a single
+streamed prompt, `Engine.stream_batch` / `Engine.generate_batch` for concurrent requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from krmini.errors import KrminiError
+from krmini.infer.sampling import SamplingConfig, apply_penalties, sample_next
+from krmini.infer.textstream import StopStrings, TextStream
+from krmini.model import KVCache, LlamaModel
+from krmini.tokenizer import KoTokenizer
+
+Prompt = str | list[int]
+
+
+def fit_prompt(ids: list[int], context: int, truncate: str) -> list[int]:
+    """Apply the context rule: a prompt needs at least one free position for a new token."""
+    if not ids:
+        raise KrminiError("prompt: empty; give at least one token of text")
+    if len(ids) < context:
+        return ids
+    if truncate == "left":
+        return ids[len(ids) - (context - 1):]
+    raise KrminiError(f"prompt: {len(ids)} tokens, but the model's context is {context} (at most "
+                      f"{context - 1} prompt tokens); shorten it or pass truncate='left' to keep its end")
+
+
+class DecodeBatch:
+    """Token-level state of one batch: prefill on construction, then `step()` until `running` is False.
+
+    `prompts` are token ids (already fitted to the context); request i gets `cfgs[i].n` rows, which
+    copy its prefilled cache rows. `step()` returns (row, token id or None, finish reason or None)
+    for every row still running; a row that hits a stop id reports (row, None, "stop").
+    """
+
+    def __init__(self, model: LlamaModel, prompts: list[list[int]], cfgs: list[SamplingConfig],
+                 stop_ids: frozenset[int] | set[int] = frozenset()) -> None:
+        for cfg in cfgs:
+            cfg.validate()
+        self.model, self.cfgs, self.stop_ids = model, cfgs, stop_ids
+        context = model.config.max_position_embeddings
+        device = model.model.norm.weight.device
+        dtype = model.model.norm.weight.dtype
+        lengths = torch.tensor([len(p) for p in prompts], device=device)
+        width = int(lengths.max())
+        self.steps_left = [min(c.max_new_tokens, context - len(p)) for p, c in zip(prompts, cfgs, strict=True)]
+        total = max(self.steps_left)
+
+        padded = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
+        for i, p in enumerate(prompts):
+            padded[i, width - len(p):] = torch.tensor(p, device=device)
+        self.padded = bool((lengths != width).any())
+        cache = KVCache.empty(model.config, len(prompts), width + total, device, dtype)
+        with torch.inference_mode():
+            if self.padded:
+                slots = torch.arange(width + total, device=device)
+                pad = (width - lengths)[:, None]
+                key_ok = slots[None, :] >= pad  # (R, S): False on pad slots
+                causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
+                # A pad query attends to itself only, so its (unused) values stay finite.
+                mask = (causal & key_ok[:, None, :width]) | torch.eye(width, dtype=torch.bool, device=device)
+                positions = (slots[None, :width] - pad).clamp(min=0)
+                logits, _ = model(padded, cache=cache, position_ids=positions, attn_mask=mask[:, None],
+                                  last_only=True)
+            else:
+                logits, _ = model(padded, cache=cache, last_only=True)
+        logits = logits[:, -1]
+
+        counts = [c.n for c in cfgs]
+        self.row_request = [r for r, n in enumerate(counts) for _ in range(n)]
+        self.rows_of = []
+        start = 0
+        for n in counts:
+            self.rows_of.append(slice(start, start + n))
+            start += n
+        if start != len(prompts):  # n > 1 somewhere: the samples share their prompt's prefill
+            index = torch.tensor(self.row_request, device=device)
+            cache = KVCache(cache.k.index_select(1, index), cache.v.index_select(1, index), cache.length)
+            logits = logits.index_select(0, index)
+            lengths = lengths.index_select(0, index)
+            if self.padded:
+                key_ok = key_ok.index_select(0, index)
+        self.steps_left = [self.steps_left[r] for r in self.row_request]
+        self.cache, self.logits = cache, logits
+        if self.padded:
+            self.key_mask = key_ok[:, None, None, :]  # (B, 1, 1, S), sliced per step
+            # Rows that finished early keep being fed (static batch); clamp so they stay in the RoPE table.
+            positions = lengths[:, None] + torch.arange(total, device=device)[None, :]
+            self.positions = positions.clamp(max=context - 1)
+        self.step_index = 0
+        self.pending: torch.Tensor | None = None
+        self.alive = [True] * len(self.row_request)
+        self.generators = [torch.Generator(device=device).manual_seed(c.seed) if c.seed is not None else None
+                           for c in cfgs]
+        self.penalised = any(c.penalised for c in cfgs)
+        if self.penalised:
+            vocab = logits.size(-1)
+            self.seen = torch.zeros(len(self.row_request), vocab, dtype=torch.bool, device=device)
+            for row, r in enumerate(self.row_request):
+                self.seen[row, torch.tensor(prompts[r], device=device)] = True
+            self.counts = torch.zeros(len(self.row_request), vocab, device=device)
+
+    @property
+    def running(self) -> bool:
+        return any(self.alive)
+
+    def finish(self, row: int) -> None:
+        """End a row early (a stop string was found); the batch stops when no row is left."""
+        self.alive[row] = False
+
+    @torch.inference_mode()
+    def _forward(self, tokens: torch.Tensor) -> None:
+        if self.padded:
+            end = self.cache.length + 1
+            i = self.step_index - 1
+            logits, _ = self.model(tokens[:, None], cache=self.cache, position_ids=self.positions[:, i : i + 1],
+                                   attn_mask=self.key_mask[..., :end])
+        else:
+            logits, _ = self.model(tokens[:, None], cache=self.cache)
+        self.logits = logits[:, -1]
+
+    @torch.inference_mode()
+    def _sample(self) -> torch.Tensor:
+        logits = self.logits
+        if not self.penalised and all(c.greedy for c in self.cfgs):
+            return logits.float().argmax(dim=-1)  # argmax over bf16 is several times slower on CPU
+        tokens = torch.empty(logits.size(0), dtype=torch.long, device=logits.device)
+        for r, cfg in enumerate(self.cfgs):
+            rows = self.rows_of[r]
+            lg = logits[rows].float()
+            if cfg.penalised:
+                lg = apply_penalties(lg, self.seen[rows], self.counts[rows], cfg)
+            tokens[rows] = sample_next(lg, cfg, self.generators[r])
+        if self.penalised:
+            self.counts.scatter_add_(1, tokens[:, None], torch.ones_like(tokens[:, None], dtype=self.counts.dtype))
+            self.seen.scatter_(1, tokens[:, None], True)
+        return tokens
+
+    def step(self) -> list[tuple[int, int | None, str | None]]:
+        if self.pending is not None:
+            self._forward(self.pending)
+        tokens = self._sample()
+        self.pending = tokens
+        self.step_index += 1
+        events = []
+        for row, tid in enumerate(tokens.tolist()):
+            if not self.alive[row]:
+                continue
+            if tid in self.stop_ids:
+                self.alive[row] = False
+                events.append((row, None, "stop"))
+                continue
+            self.steps_left[row] -= 1
+            if self.steps_left[row] == 0:
+                self.alive[row] = False
+                events.append((row, tid, "length"))
+            else:
+                events.append((row, tid, None))
+        return events
+
+
+@dataclass
+class StreamEvent:
+    """New output of one sequence: `text` may be "" (a character still incomplete or held back)."""
+
+    request: int
+    sample: int
+    text: str
+    token_id: int | None
+    finish_reason: str | None  # "stop" (stop id or string) or "length"; set on a sequence's last event
+
+
+@dataclass
+class Completion:
+    prompt_tokens: int
+    texts: list[str] = field(default_factory=list)  # one per sample (n)
+    token_ids: list[list[int]] = field(default_factory=list)
+    finish_reasons: list[str] = field(default_factory=list)
+
+
+class Engine:
+    """Text in, text out, for one model and its tokenizer. Stops at `<|eos|>` and `<|end|>`."""
+
+    def __init__(self, model: LlamaModel, tokenizer: KoTokenizer, add_bos: bool = True) -> None:
+        self.model, self.tokenizer, self.add_bos = model, tokenizer, add_bos
+        self.stop_ids = frozenset({tokenizer.eos_id, tokenizer.token_id("<|end|>")})
+
+    def prompt_ids(self, prompt: Prompt, cfg: SamplingConfig) -> list[int]:
+        """Text → BOS + tokens (token-id prompts are used as given), fitted to the context."""
+        if isinstance(prompt, str):
+            ids = self.tokenizer.encode(prompt)
+            if not ids:
+                raise KrminiError("prompt: empty; give at least one character of text")
+            if self.add_bos:
+                ids = [self.tokenizer.bos_id, *ids]
+        else:
+            ids = list(prompt)
+        return fit_prompt(ids, self.model.config.max_position_embeddings, cfg.truncate)
+
+    def stream_batch(self, requests: list[tuple[Prompt, SamplingConfig]]) -> Iterator[StreamEvent]:
+        """Run several requests in one batch, yielding each sequence's text as it grows."""
+        if not requests:
+            return
+        for _, cfg in requests:
+            cfg.validate()
+        prompts = [self.prompt_ids(p, c) for p, c in requests]
+        batch = DecodeBatch(self.model, prompts, [c for _, c in requests], self.stop_ids)
+        rows = [(r, s) for r, (_, c) in enumerate(requests) for s in range(c.n)]
+        texts = [TextStream(self.tokenizer) for _ in rows]
+        stops = [StopStrings(requests[r][1].stop) for r, _ in rows]
+        while batch.running:
+            for row, tid, reason in batch.step():
+                piece = texts[row].push(tid) if tid is not None else ""
+                if reason:
+                    piece += texts[row].flush()
+                text, hit = stops[row].feed(piece)
+                if hit:
+                    batch.finish(row)
+                    reason = "stop"
+                elif reason:
+                    text += stops[row].flush()
+                yield StreamEvent(*rows[row], text, tid, reason)
+
+    def generate_batch(self, requests: list[tuple[Prompt, SamplingConfig]]) -> list[Completion]:
+        out = [Completion(len(self.prompt_ids(p, c)), [""] * c.n, [[] for _ in range(c.n)], [""] * c.n)
+               for p, c in requests]
+        for ev in self.stream_batch(requests):
+            done = out[ev.request]
+            done.texts[ev.sample] += ev.text
+            if ev.token_id is not None:
+                done.token_ids[ev.sample].append(ev.token_id)
+            if ev.finish_reason:
+                done.finish_reasons[ev.sample] = ev.finish_reason
+        return out
+
+    def stream(self, prompt: Prompt, cfg: SamplingConfig) -> Iterator[str]:
+        """Text pieces of one continuation, as they are produced (n must be 1)."""
+        cfg.validate()
+        if cfg.n != 1:
+            raise KrminiError(f"n: stream() yields one sequence; got n={cfg.n} (use stream_batch)")
+        for ev in self.stream_batch([(prompt, cfg)]):
+            if ev.text:
+                yield ev.text
+
+    def generate(self, prompt: Prompt, cfg: SamplingConfig) -> str:
+        return "".join(self.stream(prompt, cfg))

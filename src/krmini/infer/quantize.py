@@ -1,0 +1,123 @@
+"""Weight-only int8: every linear layer (and the embedding) as int8 with one scale per output row.
+
+    w ≈ q · s,  q = round(w / s) ∈ [-127, 127],  s = max|w_row| / 127
+
+Activations stay in floating point; on CPU the matmul runs in `torch._weight_int8pack_mm`, which
+reads the int8 weights directly (decoding is bound by how many weight bytes are read per token,
+so a quarter of fp32's bytes is the point). Elsewhere the weights are dequantized on the fly.
+
+A quantized checkpoint is a normal checkpoint directory (model.safetensors, state.json with
+checksums, tokenizer/) whose state.json has `"quantization": "int8"`; `load_model` rebuilds it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import nn
+
+from krmini.model import LlamaModel
+from krmini.train import checkpoint as ckpt
+
+METHOD = "int8"
+
+
+def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, K) float → (int8 (N, K), fp32 scales (N,)), symmetric per row."""
+    w = w.float()
+    scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127
+    return torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8), scale
+
+
+class Int8Linear(nn.Module):
+    """y = x · (q · s)ᵀ with q int8 (out, in) and s one scale per output feature."""
+
+    def __init__(self, in_features: int, out_features: int, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("weight_scale", torch.ones(out_features, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.weight_scale.to(x.dtype)
+        if x.device.type == "cpu":
+            flat = x.reshape(-1, x.size(-1))
+            return torch._weight_int8pack_mm(flat, self.weight, scale).view(*x.shape[:-1], -1)
+        return F.linear(x, self.weight.to(x.dtype)) * scale
+
+
+class Int8Embedding(nn.Module):
+    """Row lookup of int8 weights times the row's scale (the same tensors as a tied LM head)."""
+
+    def __init__(self, head: Int8Linear) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head.weight[ids].to(self.head.weight_scale.dtype) * self.head.weight_scale[ids, None]
+
+
+def _swap_linears(model: LlamaModel, dtype: torch.dtype) -> None:
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(module, name, Int8Linear(child.in_features, child.out_features, dtype))
+
+
+def int8_skeleton(model: LlamaModel, dtype: torch.dtype = torch.float32) -> LlamaModel:
+    """Replace the float layers of `model` with empty int8 ones (to be filled by a state dict)."""
+    _swap_linears(model, dtype)
+    if model.config.tie_word_embeddings:
+        model.model.embed_tokens = Int8Embedding(model.lm_head)
+    else:
+        emb = model.model.embed_tokens
+        model.model.embed_tokens = Int8Embedding(Int8Linear(emb.embedding_dim, emb.num_embeddings, dtype))
+    return model
+
+
+@torch.no_grad()
+def quantize_model(model: LlamaModel) -> LlamaModel:
+    """Quantize a float model in place (weights rounded to int8, scales kept in the model's dtype)."""
+    dtype = model.model.embed_tokens.weight.dtype
+    source = {name: p.detach().clone() for name, p in model.state_dict().items()}
+    int8_skeleton(model, dtype)
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if name.endswith("weight_scale") or tensor.dtype != torch.int8:
+            continue
+        float_name = name.replace("embed_tokens.head.weight", "embed_tokens.weight")
+        q, scale = quantize_rows(source[float_name])
+        state[name], state[name + "_scale"] = q, scale.to(dtype)
+    model.load_state_dict(state, strict=False)
+    return model
+
+
+def int8_tensors(model: LlamaModel) -> dict[str, torch.Tensor]:
+    """The state dict to save: tied weights once, norms and scales as they are."""
+    sd = model.state_dict()
+    if model.config.tie_word_embeddings:
+        sd = {k: v for k, v in sd.items() if not k.startswith("model.embed_tokens.head.")}
+    return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+
+
+def save_int8(model: LlamaModel, source_ckpt: Path, state: dict, out: Path) -> Path:
+    """Write a quantized checkpoint directory atomically (temp directory, then rename)."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(int8_tensors(model), tmp / ckpt.MODEL_FILE, metadata={"format": "pt", "quantization": METHOD})
+    keep = {k: state[k] for k in ("model_config", "run_config", "step") if k in state}
+    info = {**keep, "quantization": METHOD, "source": str(source_ckpt),
+            "checksums": {ckpt.MODEL_FILE: ckpt._sha256(tmp / ckpt.MODEL_FILE)}}
+    (tmp / ckpt.STATE_FILE).write_text(json.dumps(info, ensure_ascii=False, indent=2), encoding="utf-8")
+    shutil.copytree(source_ckpt / "tokenizer", tmp / "tokenizer")
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+

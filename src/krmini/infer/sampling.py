@@ -1,0 +1,87 @@
+"""How the next token is chosen: penalties, temperature, top-k, top-p.
+
+Order (as in most inference servers): repetition/frequency/presence penalties on the raw logits →
+temperature ≤ 0 means greedy (argmax) → logits / temperature → keep the top-k → keep the smallest
+set whose probability reaches top-p → sample.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from krmini.errors import KrminiError
+
+TRUNCATE_MODES = ("error", "left")
+
+
+@dataclass
+class SamplingConfig:
+    """Settings of one generation request (field names follow the OpenAI API where one exists)."""
+
+    max_new_tokens: int = 128  # capped so prompt + output fits the context
+    temperature: float = 0.8  # <= 0: greedy
+    top_k: int = 50  # 0: off
+    top_p: float = 1.0  # 1.0: off
+    seed: int | None = None
+    repetition_penalty: float = 1.0  # > 1 discourages any token already in prompt or output (CTRL/HF rule)
+    frequency_penalty: float = 0.0  # subtract penalty × (times the token was generated)
+    presence_penalty: float = 0.0  # subtract penalty once a token has been generated at all
+    stop: tuple[str, ...] = ()  # stop strings: output ends before the first one (not included)
+    n: int = 1  # samples per prompt; they share one prefill
+    truncate: str = "error"  # prompt longer than the context: "error", or "left" = keep its last tokens
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1:
+            raise KrminiError(f"max_new_tokens: expected >= 1, got {self.max_new_tokens}")
+        if not 0 < self.top_p <= 1:
+            raise KrminiError(f"top_p: expected a value in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise KrminiError(f"top_k: expected >= 0, got {self.top_k}")
+        if self.repetition_penalty <= 0:
+            raise KrminiError(f"repetition_penalty: expected > 0 (1 = off), got {self.repetition_penalty}")
+        if self.n < 1:
+            raise KrminiError(f"n: expected >= 1, got {self.n}")
+        if self.truncate not in TRUNCATE_MODES:
+            raise KrminiError(f"truncate: expected one of {TRUNCATE_MODES}, got {self.truncate!r}")
+        if isinstance(self.stop, str) or any(not isinstance(s, str) or not s for s in self.stop):
+            raise KrminiError(f"stop: expected a list of non-empty strings, got {self.stop!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+    @property
+    def penalised(self) -> bool:
+        return self.repetition_penalty != 1.0 or self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
+
+
+def apply_penalties(logits: torch.Tensor, seen: torch.Tensor, counts: torch.Tensor,
+                    cfg: SamplingConfig) -> torch.Tensor:
+    """logits (B, V) float; seen (B, V) bool: in prompt or output; counts (B, V): times generated."""
+    if cfg.repetition_penalty != 1.0:
+        scaled = torch.where(logits > 0, logits / cfg.repetition_penalty, logits * cfg.repetition_penalty)
+        logits = torch.where(seen, scaled, logits)
+    if cfg.frequency_penalty:
+        logits = logits - cfg.frequency_penalty * counts
+    if cfg.presence_penalty:
+        logits = logits - cfg.presence_penalty * (counts > 0).to(logits.dtype)
+    return logits
+
+
+def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
+    """logits (B, V), already penalised → next token ids (B,)."""
+    if cfg.greedy:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / cfg.temperature
+    if cfg.top_k and cfg.top_k < logits.size(-1):
+        kth = torch.topk(logits, cfg.top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if cfg.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(-1)
+        # drop a token when the tokens before it already reach top_p (the first one always stays)
+        drop = (probs.cumsum(-1) - probs) >= cfg.top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)

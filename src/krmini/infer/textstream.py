@@ -1,0 +1,56 @@
+"""Token ids → printable text pieces: no broken characters, and stop strings cut cleanly."""
+
+from __future__ import annotations
+
+from krmini.tokenizer import KoTokenizer
+
+
+class TextStream:
+    """Turn token ids into text pieces, holding back bytes of a character that is not complete yet.
+
+    A Hangul syllable is 3 UTF-8 bytes; with byte fallback a rare one arrives as three byte tokens.
+    Decoding them one by one would print U+FFFD, so pending ids are kept until they decode cleanly.
+    """
+
+    def __init__(self, tokenizer: KoTokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.pending: list[int] = []
+
+    def push(self, token_id: int) -> str:
+        self.pending.append(token_id)
+        text = self.tokenizer.decode(self.pending)
+        if text.endswith("\ufffd") and len(self.pending) < 4:
+            return ""
+        self.pending = []
+        return text
+
+    def flush(self) -> str:
+        text = self.tokenizer.decode(self.pending) if self.pending else ""
+        self.pending = []
+        return text
+
+
+class StopStrings:
+    """Find stop strings in streamed text, holding back a tail that could still become one.
+
+    `feed(piece)` returns (text safe to emit now, stopped). Once stopped, the text before the stop
+    string has been emitted and the stop string itself never is.
+    """
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.stops = stops
+        self.held = ""
+
+    def feed(self, piece: str) -> tuple[str, bool]:
+        text = self.held + piece
+        hits = [i for i in (text.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.held = ""
+            return text[: min(hits)], True
+        keep = max((k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+        self.held = text[len(text) - keep:] if keep else ""
+        return text[: len(text) - keep], False
+
+    def flush(self) -> str:
+        text, self.held = self.held, ""
+        return text

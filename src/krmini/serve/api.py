@@ -1,0 +1,245 @@
+"""The HTTP API, shaped like OpenAI's so existing clients and tools work unchanged.
+
+    GET  /                      the web chat page
+    GET  /health                liveness (no key needed)
+    GET  /v1/models             the one served model
+    POST /v1/chat/completions   messages → reply, rendered with the chat template
+    POST /v1/completions        plain text continuation
+
+`stream: true` answers with server-sent events (`data: {chunk}` … `data: [DONE]`). Every error is
+OpenAI's JSON shape `{"error": {"message", "type", "param", "code"}}` with a 4xx status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import secrets
+import time
+import uuid
+from importlib import resources
+from typing import Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+
+from krmini.chat.template import prompt_ids, stop_ids
+from krmini.infer.generate import SamplingConfig
+from krmini.serve.engine import Done, Engine, Job
+
+MAX_N = 8
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "user", "assistant"]
+    content: str | list[dict]
+
+    def text(self) -> str:
+        """Content as text; OpenAI clients may send a list of {"type": "text", "text": …} parts."""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(str(p.get("text", "")) for p in self.content if p.get("type") == "text")
+
+
+class Sampling(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(0.7, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    n: int = Field(1, ge=1, le=MAX_N)
+    stream: bool = False
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream_options: dict | None = None
+
+
+class ChatRequest(Sampling):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+
+
+class CompletionRequest(Sampling):
+    prompt: str | list[str]
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
+
+
+def error_body(message: str, kind: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def create_app(engine: Engine, model_name: str, api_key: str | None = None, default_max_tokens: int = 256) -> FastAPI:
+    app = FastAPI(title="krmini", docs_url=None, redoc_url=None, openapi_url=None)
+    tokenizer = engine.loaded.tokenizer
+    context = engine.loaded.model.config.max_position_embeddings
+    created = int(time.time())
+    page = resources.files("krmini.serve").joinpath("index.html").read_text(encoding="utf-8")
+
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError):
+        return JSONResponse(error_body(exc.message, exc.kind, exc.param, exc.code), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        message = f"{param}: {first.get('msg', 'invalid request')}" if param else first.get("msg", "invalid request")
+        return JSONResponse(error_body(message, "invalid_request_error", param), status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, exc: HTTPException):
+        return JSONResponse(error_body(str(exc.detail), "invalid_request_error"), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception):
+        return JSONResponse(error_body(f"internal error: {type(exc).__name__}", "server_error"), status_code=500)
+
+    @app.middleware("http")
+    async def _auth(request: Request, call_next):
+        if api_key and request.url.path.startswith("/v1/"):
+            given = request.headers.get("authorization", "")
+            if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+                return JSONResponse(error_body("missing or incorrect API key (Authorization: Bearer KEY)",
+                                               "invalid_request_error", code="invalid_api_key"), status_code=401)
+        return await call_next(request)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index():
+        return HTMLResponse(page.replace("__MODEL__", html.escape(model_name))
+                            .replace("__KEY_REQUIRED__", "true" if api_key else "false"))
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": model_name, "queued": engine.queue.qsize()}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created, "owned_by": "krmini"}]}
+
+    def check(req: Sampling, prompts: list[list[int]], max_tokens: int | None) -> list[Job]:
+        if req.model not in (None, model_name):
+            raise APIError(404, f"model {req.model!r} does not exist; this server serves {model_name!r}",
+                           param="model", code="model_not_found")
+        stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+        if len(stops) > 4:
+            raise APIError(400, "stop: at most 4 stop strings", param="stop")
+        jobs = []
+        for ids in prompts:
+            if len(ids) >= context:
+                raise APIError(400, f"the prompt is {len(ids)} tokens; this model's context is {context} tokens",
+                               param="messages", code="context_length_exceeded")
+            for i in range(req.n):
+                sampling = SamplingConfig(max_new_tokens=max_tokens or default_max_tokens, temperature=req.temperature,
+                                          top_k=0, top_p=req.top_p, seed=None if req.seed is None else req.seed + i)
+                jobs.append((ids, sampling, stops))
+        return jobs
+
+    async def run(jobs: list, stops_ids: set[int]):
+        """Yield (choice index, text | Done) as the engine produces them, for all jobs of a request."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+        submitted = []
+        for index, (ids, sampling, stops) in enumerate(jobs):
+            job = Job(ids, sampling, stops_ids, stops,
+                      lambda e, i=index: loop.call_soon_threadsafe(events.put_nowait, (i, e)))
+            submitted.append(job)
+            engine.submit(job)
+        remaining = len(jobs)
+        try:
+            while remaining:
+                index, event = await events.get()
+                if isinstance(event, Done):
+                    remaining -= 1
+                    if event.error:
+                        raise APIError(500, event.error, "server_error") if event.internal else APIError(400, event.error)
+                yield index, event
+        finally:
+            for job in submitted:  # client gone or request failed: free the engine
+                job.cancelled.set()
+
+    def usage(prompts: list[list[int]], n: int, dones: list[Done]) -> dict:
+        prompt_tokens = sum(len(p) for p in prompts)
+        completion = sum(d.completion_tokens for d in dones)
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                "total_tokens": prompt_tokens + completion}
+
+    async def respond(req: Sampling, prompts: list[list[int]], max_tokens: int | None, stops_ids: set[int], chat: bool):
+        jobs = check(req, prompts, max_tokens)
+        rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        now = int(time.time())
+        head = {"id": rid, "created": now, "model": model_name}
+
+        def piece(index: int, text: str | None, finish: str | None) -> dict:
+            if chat:
+                delta = {} if text is None else {"content": text}
+                return {"index": index, "delta": delta, "finish_reason": finish}
+            return {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
+
+        if not req.stream:
+            texts, dones = [""] * len(jobs), [None] * len(jobs)
+            async for index, event in run(jobs, stops_ids):
+                if isinstance(event, Done):
+                    dones[index] = event
+                else:
+                    texts[index] += event
+            choices = [({"index": i, "message": {"role": "assistant", "content": t}} if chat
+                        else {"index": i, "text": t, "logprobs": None}) | {"finish_reason": d.finish_reason}
+                       for i, (t, d) in enumerate(zip(texts, dones, strict=True))]
+            return {**head, "object": "chat.completion" if chat else "text_completion", "choices": choices,
+                    "usage": usage(prompts, req.n, dones)}
+
+        kind = "chat.completion.chunk" if chat else "text_completion"
+        include_usage = bool((req.stream_options or {}).get("include_usage"))
+        events = run(jobs, stops_ids)
+
+        async def sse():
+            dones = []
+            if chat:
+                for i in range(len(jobs)):
+                    first = {"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+                    yield f"data: {json.dumps({**head, 'object': kind, 'choices': [first]}, ensure_ascii=False)}\n\n"
+            try:
+                async for index, event in events:
+                    if isinstance(event, Done):
+                        dones.append(event)
+                        chunk = piece(index, None, event.finish_reason)
+                    else:
+                        chunk = piece(index, event, None)
+                    yield f"data: {json.dumps({**head, 'object': kind, 'choices': [chunk]}, ensure_ascii=False)}\n\n"
+            except APIError as exc:
+                yield f"data: {json.dumps(error_body(exc.message, exc.kind), ensure_ascii=False)}\n\n"
+            finally:
+                await events.aclose()  # cancels queued work when the client goes away
+            if include_usage:
+                yield f"data: {json.dumps({**head, 'object': kind, 'choices': [], 'usage': usage(prompts, req.n, dones)})}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(sse(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(req: ChatRequest):
+        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        return await respond(req, [prompt_ids(tokenizer, messages)], req.max_completion_tokens or req.max_tokens,
+                             stop_ids(tokenizer), chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest):
+        texts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        if not texts or len(texts) > MAX_N or not all(texts):
+            raise APIError(400, f"prompt: expected a non-empty string or a list of 1 to {MAX_N} of them", param="prompt")
+        prompts = [[tokenizer.bos_id, *tokenizer.encode(t)] for t in texts]
+        return await respond(req, prompts, req.max_tokens, {tokenizer.eos_id}, chat=False)
+
+    return app

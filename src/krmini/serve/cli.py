@@ -1,0 +1,55 @@
+"""`krmini serve`: the OpenAI-compatible API and the web chat page for one chat model."""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+
+from krmini.chat.load import load_chat_model
+from krmini.device import pick_device
+from krmini.errors import KrminiError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "serve", help="API 서버·웹 채팅 / OpenAI-compatible server and web chat page",
+        description="Serve a chat model: POST /v1/chat/completions and /v1/completions (stream or not), "
+        "GET /v1/models, GET /health, and a web chat page at /. Binds 127.0.0.1 unless --host says otherwise.",
+    )
+    p.add_argument("model", metavar="RUN", help="SFT run or checkpoint directory")
+    p.add_argument("--adapter", help="LoRA adapter directory to load onto RUN (a base model)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--api-key", help="require `Authorization: Bearer KEY` on /v1/ requests")
+    p.add_argument("--name", help="model id reported by the API (default: the run directory's name)")
+    p.add_argument("--max-tokens", type=int, default=256, help="reply length when a request gives none")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    try:
+        import uvicorn
+
+        from krmini.serve.api import create_app
+        from krmini.serve.engine import Engine
+    except ImportError:
+        raise KrminiError("the server needs FastAPI and uvicorn: pip install 'krmini[serve]'") from None
+    if not 0 < args.port < 65536:
+        raise KrminiError(f"--port: expected 1-65535, got {args.port}")
+    try:
+        loopback = ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        loopback = args.host == "localhost"
+    if not loopback and not args.api_key:
+        print(f"warning: serving on {args.host} without --api-key: anyone who can reach it may use it", file=sys.stderr)
+    loaded = load_chat_model(args.model, pick_device(args.device), args.adapter)
+    name = args.name or loaded.path.parent.parent.name
+    engine = Engine(loaded)
+    app = create_app(engine, name, args.api_key, args.max_tokens)
+    print(f"krmini serve: {name} on http://{args.host}:{args.port}/ (API: /v1/chat/completions)", flush=True)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    finally:
+        engine.close()
+    return 0

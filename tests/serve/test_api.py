@@ -1,0 +1,177 @@
+"""The OpenAI-compatible API, driven by the official `openai` client against a live server process."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import queue
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from conftest import MAX_TOKENS, greedy
+
+from krmini.chat.template import prompt_ids, stop_ids
+from krmini.infer.generate import TextStream, generate_ids, stream_text
+from krmini.serve.engine import Done, Engine, Job, StopStrings
+
+openai = pytest.importorskip("openai", reason="the openai client is in the dev extra: pip install -e '.[dev]'")
+
+HELLO = [{"role": "user", "content": "안녕하세요"}]
+
+
+def expected(chat_local, messages, n=MAX_TOKENS) -> tuple[str, int, int]:
+    """(greedy reply text, completion tokens, prompt tokens) computed in this process."""
+    ids = prompt_ids(chat_local.tokenizer, messages)
+    tokens = list(generate_ids(chat_local.model, ids, greedy(n), stop_ids(chat_local.tokenizer)))
+    stream = TextStream(chat_local.tokenizer)
+    return "".join(stream.push(t) for t in tokens) + stream.flush(), len(tokens), len(ids)
+
+
+@pytest.fixture(scope="module")
+def client(chat_server):
+    return openai.OpenAI(base_url=f"{chat_server.url}/v1", api_key=chat_server.key, max_retries=0, timeout=120)
+
+
+def raw(chat_server, path, body=None, key="default", method=None):
+    """(status, parsed JSON or text) without the client's conveniences."""
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {chat_server.key if key == 'default' else key}"
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    req = urllib.request.Request(chat_server.url + path, data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            text = r.read().decode("utf-8")
+            status = r.status
+    except urllib.error.HTTPError as err:
+        text, status = err.read().decode("utf-8"), err.code
+    try:
+        return status, json.loads(text)
+    except json.JSONDecodeError:
+        return status, text
+
+
+def test_chat_completion_matches_local_greedy_reply(client, chat_local):
+    text, n_completion, n_prompt = expected(chat_local, HELLO)
+    assert text
+    r = client.chat.completions.create(model="krmini-test", messages=HELLO, temperature=0, max_tokens=MAX_TOKENS)
+    assert r.choices[0].message.content == text and r.choices[0].message.role == "assistant"
+    assert r.choices[0].finish_reason == ("length" if n_completion == MAX_TOKENS else "stop")
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (n_prompt, n_completion)
+    assert r.usage.total_tokens == n_prompt + n_completion
+
+
+def test_streaming_chat_equals_non_streaming(client, chat_local, chat_server):
+    text, _, n_prompt = expected(chat_local, HELLO)
+    chunks = list(client.chat.completions.create(model="krmini-test", messages=HELLO, temperature=0, stream=True,
+                                                 stream_options={"include_usage": True}))
+    deltas = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(deltas) > 1 and "".join(deltas) == text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
+    assert chunks[-1].usage.prompt_tokens == n_prompt
+    status, body = raw(chat_server, "/v1/chat/completions", {"messages": HELLO, "stream": True, "temperature": 0})
+    assert status == 200 and body.rstrip().endswith("data: [DONE]")
+
+
+def test_multi_turn_n_stop_and_max_tokens(client, chat_local):
+    conversation = [{"role": "system", "content": "친절한 비서"}, *HELLO,
+                    {"role": "assistant", "content": "안녕하세요! 무엇을 도와드릴까요?"}, {"role": "user", "content": "배고파"}]
+    text, _, _ = expected(chat_local, conversation)
+    r = client.chat.completions.create(model="krmini-test", messages=conversation, temperature=0)
+    assert r.choices[0].message.content == text
+    stop = text[len(text) // 2 : len(text) // 2 + 2]
+    r = client.chat.completions.create(model="krmini-test", messages=conversation, temperature=0, stop=[stop, "없는말"])
+    assert r.choices[0].message.content == text[: text.find(stop)] and r.choices[0].finish_reason == "stop"
+    r = client.chat.completions.create(model="krmini-test", messages=conversation, temperature=0, max_tokens=2)
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 2
+    r = client.chat.completions.create(model="krmini-test", messages=conversation, temperature=1.0, top_p=0.9, n=3,
+                                       seed=1)
+    assert [c.index for c in r.choices] == [0, 1, 2] and len({c.message.content for c in r.choices}) > 1
+
+
+def test_completions_stream_and_not(client, chat_local):
+    text = "".join(stream_text(chat_local.model, chat_local.tokenizer, "대한민국은", greedy()))
+    r = client.completions.create(model="krmini-test", prompt="대한민국은", temperature=0, max_tokens=MAX_TOKENS)
+    assert r.choices[0].text == text and r.object == "text_completion"
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model="krmini-test", prompt="대한민국은", temperature=0, max_tokens=MAX_TOKENS, stream=True) if c.choices)
+    assert streamed == text
+
+
+def test_models_health_and_api_key(client, chat_server):
+    assert [m.id for m in client.models.list().data] == ["krmini-test"]
+    assert raw(chat_server, "/health", key=None)[1]["status"] == "ok"
+    for key in (None, "wrong"):
+        status, body = raw(chat_server, "/v1/models", key=key)
+        assert status == 401 and body["error"]["code"] == "invalid_api_key"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{chat_server.url}/v1", api_key="wrong", max_retries=0).models.list()
+
+
+@pytest.mark.parametrize(("body", "status", "param"), [
+    ({"messages": HELLO, "temperature": 5}, 400, "temperature"),
+    ({"messages": HELLO, "top_p": 0}, 400, "top_p"),
+    ({"messages": HELLO, "n": 100}, 400, "n"),
+    ({"messages": HELLO, "max_tokens": 0}, 400, "max_tokens"),
+    ({"messages": []}, 400, "messages"),
+    ({"messages": [{"role": "robot", "content": "hi"}]}, 400, "messages.0.role"),
+    ({"messages": HELLO, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+    ({"messages": [{"role": "user", "content": "가나다라 " * 400}]}, 400, "messages"),
+    ({"messages": HELLO, "model": "gpt-4"}, 404, "model"),
+    (b"{not json", 400, None),
+    ({"prompt": ""}, 400, "prompt"),
+])
+def test_invalid_requests_get_openai_errors(chat_server, body, status, param):
+    path = "/v1/completions" if isinstance(body, dict) and "prompt" in body else "/v1/chat/completions"
+    got, payload = raw(chat_server, path, body)
+    assert got == status, payload
+    assert set(payload["error"]) >= {"message", "type"} and payload["error"]["message"]
+    if param:
+        assert payload["error"]["param"] == param
+
+
+def test_sixteen_concurrent_streaming_clients(client, chat_local):
+    questions = ["안녕하세요", "오늘 날씨 어때?", "배고파", "고마워", "심심해", "잘 자", "힘들어", "뭐 해?"] * 2
+    want = [expected(chat_local, [{"role": "user", "content": q}])[0] for q in questions]
+
+    def ask(q: str) -> tuple[str, float]:
+        start = time.perf_counter()
+        stream = client.chat.completions.create(model="krmini-test", messages=[{"role": "user", "content": q}],
+                                                temperature=0, stream=True)
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        return text, time.perf_counter() - start
+
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(ask, questions))
+    elapsed = time.perf_counter() - start
+    assert [t for t, _ in results] == want
+    print(f"16 concurrent streaming clients: all correct in {elapsed:.2f}s "
+          f"(slowest {max(s for _, s in results):.2f}s)")
+
+
+def test_stop_strings_hold_back_possible_prefixes():
+    stops = StopStrings(["끝!", "END"])
+    assert stops.feed("안녕 E") == ("안녕 ", False)
+    assert stops.feed("N") == ("", False)
+    assert stops.feed("X 끝") == ("ENX ", False)
+    assert stops.feed("!뒤") == ("", True)
+    assert StopStrings([]).feed("그대로") == ("그대로", False)
+
+
+def test_engine_worker_survives_a_failing_request(chat_local):
+    engine = Engine(chat_local)
+    events: queue.Queue = queue.Queue()
+    ids = prompt_ids(chat_local.tokenizer, HELLO)
+    engine.submit(Job([], greedy(), set(), [], events.put))  # empty prompt: rejected by the generator
+    engine.submit(Job(ids, greedy(4), stop_ids(chat_local.tokenizer), [], events.put))
+    done = []
+    while len(done) < 2:
+        event = events.get(timeout=60)
+        if isinstance(event, Done):
+            done.append(event)
+    engine.close()
+    assert done[0].finish_reason == "error" and "prompt" in done[0].error and not done[0].internal
+    assert done[1].error is None and 1 <= done[1].completion_tokens <= 4

@@ -1,0 +1,82 @@
+"""Tokenizer: lossless on real Korean text, byte fallback instead of <unk>, loadable by transformers."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from conftest import read_jsonl_texts, shared_file
+
+from krmini.data.clean import clean_text
+from krmini.tokenizer import CHAT_TOKENS, SPECIAL_TOKENS, KoTokenizer
+
+PRETRAIN_FILES = ["koconovel_novels.jsonl", "laws_acts_sample.jsonl", "nsmc_reviews_sample.jsonl",
+                  "petitions.jsonl", "precedents_sample.jsonl"]
+TRICKY = ["ㅋㅋㅋㅋ 진짜 웃기닼ㅋ 😂👍🏻", "漢字와 한글을 섞어 쓴 國漢文", "Café naïve — “따옴표” ‘작은’ …",
+          "줄\n바꿈\t탭  두 칸", "  앞뒤 공백  ", "𠀀 희귀 한자, 똠방각하 뷁", "١٢٣ عربى 日本語 ภาษาไทย"]
+
+
+@pytest.fixture(scope="module")
+def corpus_sample() -> dict[str, list[str]]:
+    """Up to 150 documents from each pretraining file, spread through the file."""
+    rng = random.Random(0)
+    sample = {}
+    for name in PRETRAIN_FILES:
+        texts = read_jsonl_texts(shared_file(f"pretrain/{name}"))
+        sample[name] = rng.sample(texts, min(150, len(texts)))
+    return sample
+
+
+@pytest.fixture(scope="module")
+def tokenizer(corpus_sample) -> KoTokenizer:
+    texts = [clean_text(t)[:3000] for docs in corpus_sample.values() for docs_t in [docs] for t in docs_t[:60]]
+    return KoTokenizer.train(texts, vocab_size=3000, show_progress=False)
+
+
+def test_special_token_layout(tokenizer):
+    assert [tokenizer.token_id(t) for t in SPECIAL_TOKENS] == list(range(len(SPECIAL_TOKENS)))
+    assert (tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id) == (0, 1, 2)
+    assert tokenizer.token_id("<0x00>") == len(SPECIAL_TOKENS)
+    assert tokenizer.vocab_size <= 3000
+    assert tokenizer.encode("<|user|>") == [tokenizer.token_id("<|user|>")]
+
+
+def test_round_trip_is_lossless_on_every_pretraining_file(tokenizer, corpus_sample):
+    checked = 0
+    for name, docs in corpus_sample.items():
+        for text in docs:
+            text = clean_text(text)
+            assert tokenizer.decode(tokenizer.encode(text)) == text, name
+            checked += 1
+    assert checked >= 5 * 150 - 10
+
+
+@pytest.mark.parametrize("text", TRICKY)
+def test_round_trip_on_tricky_text(tokenizer, text):
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+
+
+def test_unseen_characters_fall_back_to_bytes_not_unk(tokenizer):
+    ids = tokenizer.encode("𠀀")  # U+20000, 4 UTF-8 bytes, surely not in a 3k vocabulary
+    assert [tokenizer.tok.id_to_token(i) for i in ids] == ["<0xF0>", "<0xA0>", "<0x80>", "<0x80>"]
+    assert tokenizer.tok.token_to_id("<unk>") is None
+
+
+def test_korean_words_become_few_tokens(tokenizer):
+    text = "대한민국 헌법 제1조 국민의 권리와 의무"
+    assert len(text) / len(tokenizer.encode(text)) > 1.5
+
+
+def test_save_load_and_transformers_encode_identically(tokenizer, tmp_path, corpus_sample):
+    transformers = pytest.importorskip("transformers")
+    tokenizer.save(tmp_path)
+    again = KoTokenizer.load(tmp_path)
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    texts = TRICKY + [clean_text(t)[:500] for t in corpus_sample["nsmc_reviews_sample.jsonl"][:30]]
+    for text in texts:
+        ids = tokenizer.encode(text)
+        assert again.encode(text) == ids
+        assert hf(text)["input_ids"] == ids
+        assert hf.decode(ids) == text
+    assert hf.bos_token == "<|bos|>" and hf.eos_token == "<|eos|>" and hf.pad_token == "<|pad|>"
+    assert set(CHAT_TOKENS) <= set(hf.all_special_tokens)
