@@ -12,6 +12,7 @@ BENCH_MODULES = [
     "krmini.bench.prepare",
     "krmini.bench.export",
     "krmini.bench.generate",
+    "krmini.bench.train",
 ]
 
 

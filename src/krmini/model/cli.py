@@ -36,9 +36,10 @@ def run(args) -> int:
     for name, n in counts.items():
         print(f"  {name:<12} {n:>15,}  ({n / 1e6:.1f}M)")
     print(f"memory, training at batch {batch} × {seq_len} tokens, {precision} activations:")
-    for name in ("weights", "gradients", "optimizer", "activations"):
-        print(f"  {name:<12} {human_bytes(getattr(mem, name)):>12}")
-    print(f"  {'total':<12} {human_bytes(mem.training):>12}")
+    for name in ("weights", "gradients", "optimizer", "activations", "step_temporaries", "runtime"):
+        print(f"  {name:<16} {human_bytes(getattr(mem, name)):>12}")
+    print(f"  {'peak':<16} {human_bytes(mem.training):>12}  (weights + gradients + optimizer + "
+          "max(activations, step_temporaries) + runtime)")
     print(f"inference weights: fp32 {human_bytes(counts['total'] * 4)}, bf16 {human_bytes(counts['total'] * 2)}, "
           f"int8 {human_bytes(counts['total'])}")
     return 0

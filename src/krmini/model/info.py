@@ -29,39 +29,57 @@ def count_parameters(c: ModelConfig) -> dict[str, int]:
     }
 
 
+# PyTorch's own footprint once a training step has run: kernel code pages, thread pools, oneDNN
+# workspaces. Measured on CPU (peak RSS of a step minus RSS before the model exists); on CUDA the
+# driver context adds about as much again outside the tensors.
+RUNTIME_BYTES = 90 * 2**20
+
+
 @dataclass
 class MemoryEstimate:
     weights: int
     gradients: int
     optimizer: int
     activations: int
+    step_temporaries: int  # foreach AdamW builds one parameter-sized fp32 list during the update
+    runtime: int = RUNTIME_BYTES
 
     @property
     def training(self) -> int:
-        return self.weights + self.gradients + self.optimizer + self.activations
+        """Peak of a step: weights, gradients and AdamW state are always there; on top comes the larger
+        of the activations (held at the start of backward) and the optimizer step's temporaries."""
+        return (self.weights + self.gradients + self.optimizer + max(self.activations, self.step_temporaries)
+                + self.runtime)
 
 
 def activation_bytes(c: ModelConfig, batch: int, seq_len: int, act_bytes: int) -> int:
-    """Bytes of activations saved for backward at (batch, seq_len)."""
+    """Bytes of activations saved for backward at (batch, seq_len).
+
+    Per token and layer: each RMSNorm keeps its fp32 input, normalised value and output (plus the
+    low-precision copy the next matmul takes under autocast); attention keeps q, k, v, the rotated
+    q and k with their rotate-half halves, its output and the o_proj input; the MLP keeps gate,
+    up, silu(gate) and their product. The head keeps the logits, their log-softmax and, early in
+    backward, both gradients: four fp32 vocabulary-sized rows per token.
+    """
     kv = c.num_key_value_heads * c.head_dim
     h, f = c.hidden_size, c.intermediate_size
-    # per token per layer: 2 norm inputs (fp32), 2 norm outputs, q, k, v, attention output,
-    # o_proj input, gate, up, silu(gate), and their product.
-    per_layer = 2 * h * 4 + (2 * h + h + 2 * kv + 2 * h + 4 * f) * act_bytes
+    cast_copy = h * act_bytes if act_bytes < 4 else 0
+    per_layer = 2 * (3 * h * 4 + cast_copy) + (5 * h + 4 * kv + 4 * f) * act_bytes
     tokens = batch * seq_len
-    # logits (activation dtype) + their fp32 copy for the loss + its gradient
-    logits = tokens * c.vocab_size * (act_bytes + 4 + 4)
-    return tokens * (c.num_hidden_layers * per_layer + 2 * h * 4) + logits
+    return tokens * (c.num_hidden_layers * per_layer + 2 * h * 4 + 4 * c.vocab_size * 4)
 
 
 def estimate_memory(c: ModelConfig, batch: int, seq_len: int, precision: str = "fp32") -> MemoryEstimate:
+    """Peak memory of a training step. Under bf16/fp16 autocast the master weights stay fp32 and
+    autocast keeps a half-precision copy of each weight during the step."""
     params = count_parameters(c)["total"]
     act_bytes = 4 if precision == "fp32" else 2
     return MemoryEstimate(
-        weights=params * 4,  # master weights stay fp32 under autocast
+        weights=params * (4 if precision == "fp32" else 6),
         gradients=params * 4,
         optimizer=params * 8,
         activations=activation_bytes(c, batch, seq_len, act_bytes),
+        step_temporaries=params * 4,
     )
 
 

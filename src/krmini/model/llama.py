@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from krmini.model.config import ModelConfig
 
@@ -158,6 +159,7 @@ class LlamaModel(nn.Module):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+        self.grad_checkpointing = False  # training: recompute each block in backward instead of storing it
         cos, sin = rope_cache(config)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -212,8 +214,12 @@ class LlamaModel(nn.Module):
             # out the bottom-right causal mask (query i sees keys up to start + i).
             attn_mask = torch.ones(T, start + T, dtype=torch.bool, device=input_ids.device).tril(start)
         x = self.model.embed_tokens(input_ids)
+        recompute = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, cache, i, attn_mask)
+            if recompute:
+                x = checkpoint(layer, x, cos, sin, cache, i, attn_mask, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, cache, i, attn_mask)
         if cache is not None:
             cache.length += T
         if last_only:

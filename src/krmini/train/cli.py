@@ -1,10 +1,12 @@
-"""`krmini train`."""
+"""`krmini train` (and `python -m krmini.train`, the entry point torchrun starts on every rank)."""
 
 from __future__ import annotations
 
 import json
+import os
 
 from krmini.train.config import load_run_config
+from krmini.train.distributed import launch
 from krmini.train.trainer import train
 
 
@@ -13,14 +15,17 @@ def register(subparsers) -> None:
         "train", help="사전학습 / pretrain a model from a run config",
         description="Pretrain the Llama-style model. The config is a YAML file (or a preset name: tiny, small, "
         "medium, large) with `model:` and `train:` sections; key=value arguments override it, e.g. "
-        "train.lr=1e-3 train.data_dir=runs/x/data.",
+        "train.lr=1e-3 train.data_dir=runs/x/data. With --nproc N (or under torchrun) it trains "
+        "data-parallel: train.strategy=ddp replicates the model, fsdp shards it.",
     )
     p.add_argument("--config", required=True, help="run config YAML or preset name")
     p.add_argument("overrides", nargs="*", help="key=value overrides (section.key=value)")
     p.add_argument("--data", help="shorthand for train.data_dir=…")
     p.add_argument("--out", help="shorthand for train.out_dir=…")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in out_dir")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest intact checkpoint in out_dir (a damaged newer one is skipped)")
+    p.add_argument("--nproc", type=int, help="processes on this machine (one per GPU); launches torchrun for you")
     p.set_defaults(func=run)
 
 
@@ -29,7 +34,11 @@ def run(args) -> int:
     for flag, key in ((args.data, "train.data_dir"), (args.out, "train.out_dir"), (args.device, "train.device")):
         if flag:
             overrides.append(f"{key}={flag}")
-    cfg = load_run_config(args.config, overrides)
+    cfg = load_run_config(args.config, overrides)  # check the config before starting any process
+    if args.nproc and "WORLD_SIZE" not in os.environ:
+        return launch(args.nproc, ["--config", args.config, *overrides] + (["--resume"] if args.resume else []))
     result = train(cfg, resume=args.resume)
-    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}, ensure_ascii=False))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()},
+                         ensure_ascii=False))
     return 0

@@ -11,6 +11,8 @@ from krmini.device import PRECISIONS
 from krmini.errors import KrminiError
 from krmini.model.config import ModelConfig
 
+STRATEGIES = ("ddp", "fsdp")
+
 
 @dataclass
 class TrainConfig:
@@ -33,7 +35,14 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_interval: int = 10
     device: str = "auto"
-    precision: str = "auto"
+    precision: str = "auto"  # fp32 | bf16 | fp16 (with a gradient scaler) | auto
+    compile: bool = False  # torch.compile the model (the first step pays the compile time)
+    grad_checkpointing: bool = False  # recompute each block in backward: less memory, ~30% more compute
+    strategy: str = "ddp"  # with several processes: ddp (replicate) or fsdp (shard params/grads/optimizer)
+    tensorboard: bool = True  # event files in out_dir/tensorboard
+    wandb: bool = False  # Weights & Biases (pip install 'krmini[wandb]'); WANDB_MODE=offline works offline
+    wandb_project: str = "krmini"
+    peak_tflops: float = 0.0  # device peak for MFU; 0 measures a matmul at start
     seed: int = 1337
     init_from: str = ""  # checkpoint or run whose weights start the run (fine-tuning); "" = random init
 
@@ -50,6 +59,10 @@ class TrainConfig:
             raise KrminiError(f"{where}.lr: expected a positive number, got {self.lr}")
         if self.precision not in PRECISIONS:
             raise KrminiError(f"{where}.precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.strategy not in STRATEGIES:
+            raise KrminiError(f"{where}.strategy: expected one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.peak_tflops < 0:
+            raise KrminiError(f"{where}.peak_tflops: expected >= 0, got {self.peak_tflops}")
 
 
 @dataclass

@@ -49,3 +49,32 @@ def plot_loss(metrics_path: Path, png_path: Path) -> Path:
     fig.savefig(png_path)
     plt.close(fig)
     return png_path
+
+
+def plot_training(metrics_path: Path, png_path: Path) -> Path:
+    """One PNG with the four curves people check on a run: loss, bits per byte, lr, tokens/s."""
+    records = read_metrics(metrics_path)
+    train = [r for r in records if r.get("kind") == "train"]
+    evals = [r for r in records if r.get("kind") == "eval"]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), dpi=110)
+    panels = [
+        (axes[0, 0], "loss (nats/token)", [("train", train, "loss"), ("val", evals, "val_loss")]),
+        (axes[0, 1], "validation bits per byte", [("val", evals, "val_bpb")]),
+        (axes[1, 0], "learning rate", [("lr", train, "lr")]),
+        (axes[1, 1], "tokens/s", [("throughput", train, "tokens_per_s")]),
+    ]
+    for ax, title, series in panels:
+        for label, rows, key in series:
+            points = [(r["step"], r[key]) for r in rows if key in r]
+            if points:
+                ax.plot(*zip(*points, strict=True), "o-" if rows is evals else "-", label=label,
+                        linewidth=1, markersize=3)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if len(series) > 1:
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path)
+    plt.close(fig)
+    return png_path

@@ -9,14 +9,20 @@ import torch
 from krmini.train.config import TrainConfig
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """Decay 2-D weights (matmuls, embeddings); never norms or biases, whose scale is meaningful."""
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device | None = None) -> torch.optim.AdamW:
+    """Decay 2-D weights (matmuls, embeddings); never norms or biases, whose scale is meaningful.
+
+    On CUDA the fused kernel updates every parameter in one launch; elsewhere the `foreach`
+    implementation batches the updates per parameter group. Both compute the same AdamW.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     unique = list({id(p): p for p in params}.values())  # tied weights appear once
     decay = [p for p in unique if p.dim() >= 2]
     no_decay = [p for p in unique if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    fused = device is not None and device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused or None,
+                             foreach=None if fused else True)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

@@ -1,0 +1,10 @@
+"""`python -m krmini.train …` = `krmini train …`; what torchrun runs on each rank:
+
+    torchrun --nproc_per_node=2 -m krmini.train --config small --data runs/ko/data
+"""
+
+import sys
+
+from krmini.cli import main
+
+sys.exit(main(["train", *sys.argv[1:]]))

@@ -1,0 +1,42 @@
+"""`krmini model-info`'s training-memory estimate against the measured peak RSS of real steps."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from microrun import subprocess_env
+
+from krmini.model.info import estimate_memory
+from krmini.train.config import load_run_config
+
+# Peak RSS of two fp32 AdamW steps minus the RSS before the model exists, in a fresh process.
+MEASURE = """
+import resource, sys, torch
+from krmini.model import LlamaModel
+from krmini.train.config import TrainConfig, load_run_config
+from krmini.train.optim import build_optimizer
+cfg = load_run_config(sys.argv[1])
+x = torch.randint(0, cfg.model.vocab_size, (int(sys.argv[2]), int(sys.argv[3])))
+base = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
+model = LlamaModel(cfg.model)
+opt = build_optimizer(model, TrainConfig(), torch.device("cpu"))
+for _ in range(2):
+    _, loss = model(x, x)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
+@pytest.mark.parametrize(("preset", "batch", "seq_len"), [("tiny", 16, 128), ("small", 1, 128)])
+def test_estimate_within_25_percent_of_measured_peak(preset, batch, seq_len):
+    proc = subprocess.run([sys.executable, "-c", MEASURE, preset, str(batch), str(seq_len)], env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    measured = int(proc.stdout.split()[-1])
+    estimate = estimate_memory(load_run_config(preset).model, batch, seq_len, "fp32").training
+    assert 0.75 <= measured / estimate <= 1.25, f"measured {measured / 2**20:.0f} MiB, estimated {estimate / 2**20:.0f} MiB"

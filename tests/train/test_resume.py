@@ -1,0 +1,114 @@
+"""Exact resume: a run killed at any moment (even between two checkpoint files) continues bit for bit."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from microrun import krmini_cmd, micro_overrides, subprocess_env, train_losses
+
+from krmini.errors import KrminiError
+from krmini.train import checkpoint as ckpt
+from krmini.train.config import load_run_config
+from krmini.train.trainer import train
+
+# Warmup longer than any run here: the learning rate then depends only on the step, not on
+# max_steps, so a run can be resumed with a different stopping point and still be compared.
+SCHEDULE = ["train.warmup_steps=1000", "train.lr=0.01", "train.save_interval=5", "train.keep_checkpoints=3",
+            "train.eval_interval=1000"]
+REFERENCE_STEPS = 60
+
+
+def _cfg(data: Path, out: Path, steps: int):
+    return load_run_config("tiny", micro_overrides(data, out, *SCHEDULE, f"train.max_steps={steps}"))
+
+
+@pytest.fixture(scope="module")
+def reference(micro_data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("reference") / "run"
+    train(_cfg(micro_data, out, REFERENCE_STEPS), progress=False)
+    return out
+
+
+def _cli_args(data: Path, out: Path, steps: int) -> list[str]:
+    return ["train", "--config", "tiny", *micro_overrides(data, out, *SCHEDULE, f"train.max_steps={steps}")]
+
+
+def _resume_and_compare(data: Path, out: Path, reference: Path, from_step: int, to_step: int) -> None:
+    train(_cfg(data, out, to_step), resume=True, progress=False)
+    resumed, uninterrupted = train_losses(out), train_losses(reference)
+    assert sorted(resumed) == list(range(1, to_step + 1))  # no step lost, none logged twice
+    for step in range(from_step + 1, to_step + 1):
+        assert resumed[step] == uninterrupted[step], f"step {step} differs after resuming"
+
+
+def test_killed_between_checkpoint_files_resumes_exactly(micro_data, reference, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run(krmini_cmd(*_cli_args(micro_data, out, 30)), capture_output=True, text=True,
+                          timeout=120, env=subprocess_env(KRMINI_TEST_KILL_IN_CHECKPOINT="15"))
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    partial = out / "checkpoints" / "step_00000015.tmp"
+    assert (partial / ckpt.MODEL_FILE).is_file() and not (partial / ckpt.OPTIM_FILE).exists()
+    assert (out / "checkpoints" / "latest").read_text() == "step_00000010"
+    _resume_and_compare(micro_data, out, reference, 10, 30)
+
+
+def test_sigkill_mid_run_resumes_exactly(micro_data, reference, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(krmini_cmd(*_cli_args(micro_data, out, 100_000)), env=subprocess_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoints" / "step_00000010").is_dir():
+            assert proc.poll() is None and time.monotonic() < deadline, "training did not reach step 10"
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    path, state = ckpt.last_good_checkpoint(out / "checkpoints")
+    assert 10 <= state["step"] <= REFERENCE_STEPS - 5, "the killed run ran too far to compare"
+    logged = max(train_losses(out))
+    assert logged >= state["step"]  # it was killed after its last checkpoint, mid-run
+    _resume_and_compare(micro_data, out, reference, state["step"], state["step"] + 5)
+
+
+def test_corrupt_checkpoint_falls_back_to_last_good(micro_data, reference, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    newest = out / "checkpoints" / f"step_{REFERENCE_STEPS:08d}"
+    weights = newest / ckpt.MODEL_FILE
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped bit pattern in the middle of the weights
+    weights.write_bytes(bytes(data))
+    good = out / "checkpoints" / f"step_{REFERENCE_STEPS - 5:08d}"
+    with pytest.raises(KrminiError, match=f"corrupt or truncated.*last good checkpoint: {good}"):
+        ckpt.read_state(newest)
+    with pytest.warns(UserWarning, match=f"{weights}: corrupt") as caught:
+        _resume_and_compare(micro_data, out, reference, REFERENCE_STEPS - 5, REFERENCE_STEPS)
+    assert any(f"last good checkpoint {good}" in str(w.message) for w in caught)
+
+
+def test_every_checkpoint_damaged_stops_with_a_clear_message(micro_data, reference, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    for path in ckpt.complete_checkpoints(out / "checkpoints"):
+        (path / ckpt.STATE_FILE).write_text("{not json", encoding="utf-8")
+    with pytest.warns(UserWarning), pytest.raises(KrminiError, match="every checkpoint is damaged"):
+        train(_cfg(micro_data, out, REFERENCE_STEPS + 5), resume=True, progress=False)
+
+
+def test_resume_restores_optimizer_rng_and_step(micro_data, reference):
+    path, state = ckpt.last_good_checkpoint(reference / "checkpoints")
+    assert state["step"] == REFERENCE_STEPS and state["world_size"] == 1
+    meta = json.loads((path / ckpt.STATE_FILE).read_text(encoding="utf-8"))
+    assert meta["optimizer"]["param_groups"][0]["params"] == list(range(len(meta["optimizer"]["param_groups"][0]["params"])))
+    from safetensors.torch import load_file
+
+    tensors = load_file(path / ckpt.OPTIM_FILE)
+    assert "rng.cpu" in tensors and any(k.endswith(".exp_avg_sq") for k in tensors)
+    assert float(tensors["state.0.step"]) == REFERENCE_STEPS
