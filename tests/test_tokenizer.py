@@ -5,10 +5,10 @@ from __future__ import annotations
 import random
 
 import pytest
-from conftest import read_jsonl_texts, shared_file
 
 from krmini.data.clean import clean_text
 from krmini.tokenizer import CHAT_TOKENS, SPECIAL_TOKENS, KoTokenizer
+from tests.conftest import read_jsonl_texts, shared_file
 
 PRETRAIN_FILES = ["koconovel_novels.jsonl", "laws_acts_sample.jsonl", "nsmc_reviews_sample.jsonl",
                   "petitions.jsonl", "precedents_sample.jsonl"]

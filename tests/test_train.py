@@ -8,7 +8,6 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import read_jsonl_texts, shared_file
 
 from krmini.config import load_yaml
 from krmini.data.prepare import PrepareConfig, prepare
@@ -20,6 +19,7 @@ from krmini.train.config import TrainConfig, load_run_config
 from krmini.train.metrics import read_metrics
 from krmini.train.optim import lr_at
 from krmini.train.trainer import train
+from tests.conftest import read_jsonl_texts, shared_file
 
 MICRO = ["model.vocab_size=1024", "model.hidden_size=64", "model.intermediate_size=128", "model.num_hidden_layers=2",
          "model.num_attention_heads=4", "model.num_key_value_heads=2", "model.max_position_embeddings=64",

@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
-from conftest import shared_file
 
 from krmini.chat.data import ChatReport, ChatWindows, load_chat_split, prepare_chat, read_conversations
 from krmini.model import LlamaModel
 from krmini.tokenizer import KoTokenizer
 from krmini.train import checkpoint as ckpt
+from tests.conftest import shared_file
 
 
 def _write(path, lines) -> str:
@@ -68,7 +68,7 @@ def test_hg_tods_dialogues_are_read_with_the_documented_mapping():
 
 @pytest.fixture(scope="module")
 def packed(tiny_run, tmp_path_factory):
-    from conftest import write_chat_jsonl
+    from tests.conftest import write_chat_jsonl
 
     out = tmp_path_factory.mktemp("chatdata")
     tokenizer = KoTokenizer.load(tiny_run / "tokenizer")

@@ -7,7 +7,6 @@ import shutil
 
 import pytest
 import torch
-from conftest import write_chat_jsonl
 from safetensors.torch import load_file
 
 from krmini.chat.load import load_chat_model
@@ -16,6 +15,7 @@ from krmini.chat.sft import run_sft
 from krmini.cli import main
 from krmini.infer.load import load_model
 from krmini.train import checkpoint as ckpt
+from tests.conftest import write_chat_jsonl
 
 
 def _metrics(run):

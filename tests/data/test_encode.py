@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-from conftest import read_jsonl_texts, shared_file
 from tokenizers import Tokenizer, pre_tokenizers
 
 from krmini.data.clean import clean_text
 from krmini.data.encode import WordCachedEncoder
 from krmini.tokenizer.tokenizer import KoTokenizer
+from tests.conftest import read_jsonl_texts, shared_file
 
 EDGE_CASES = ["", "한", "  두 칸  띄움 ", "줄\n바꿈 다음\n\n문단", "숫자 2024년 12,345원", "<|bos|>특수<|eos|> 토큰 a<|end|>b",
               "ㅋㅋㅋㅋ 😀 emoji", "tab\there", "끝 "]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import shared_file
 
 from krmini.cli import main
 from krmini.errors import KrminiError
 from krmini.eval.kobest import TASKS, few_shot_prompts, parse_tasks, read_examples
+from tests.conftest import shared_file
 
 
 def write_tsv(path, header, rows):

@@ -10,12 +10,12 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import MAX_TOKENS, greedy
 
 from krmini.chat.template import prompt_ids, stop_ids
 from krmini.infer.generate import TextStream, generate_ids, stream_text
 from krmini.infer.textstream import StopStrings
 from krmini.serve.engine import Done, Engine, Job
+from tests.conftest import MAX_TOKENS, greedy
 
 openai = pytest.importorskip("openai", reason="the openai client is in the dev extra: pip install -e '.[dev]'")
 

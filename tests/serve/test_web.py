@@ -6,11 +6,11 @@ import os
 import shutil
 
 import pytest
-from conftest import greedy
 
 from krmini.chat.template import prompt_ids, stop_ids
 from krmini.cli import build_parser
 from krmini.infer.generate import TextStream, generate_ids
+from tests.conftest import greedy
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

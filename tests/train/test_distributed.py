@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from microrun import eval_losses, micro_overrides, run_krmini, subprocess_env, train_losses
 
 from krmini.data.loader import TokenWindows
 from krmini.data.shards import load_split, read_manifest
@@ -17,6 +16,7 @@ from krmini.train import checkpoint as ckpt
 from krmini.train.config import load_run_config
 from krmini.train.evaluation import evaluate
 from krmini.train.trainer import train
+from tests.train.microrun import eval_losses, micro_overrides, run_krmini, subprocess_env, train_losses
 
 # Warmup past the end: the schedule depends on the step only, so the 2-process runs can stop at 20
 # and be resumed by one process to 25. Two micro-batches per step exercise DDP's no_sync and

@@ -8,7 +8,6 @@ import warnings
 
 import pytest
 import torch
-from microrun import MICRO_MODEL, micro_overrides, train_losses
 
 from krmini.config import apply_overrides, from_dict
 from krmini.device import pick_precision
@@ -17,6 +16,7 @@ from krmini.train.config import TrainConfig, load_run_config
 from krmini.train.flops import matmul_parameters, measure_matmul_peak, training_flops_per_token
 from krmini.train.optim import build_optimizer
 from krmini.train.trainer import train
+from tests.train.microrun import MICRO_MODEL, micro_overrides, train_losses
 
 
 def _micro_model() -> LlamaModel:

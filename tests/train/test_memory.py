@@ -6,10 +6,10 @@ import subprocess
 import sys
 
 import pytest
-from microrun import subprocess_env
 
 from krmini.model.info import estimate_memory
 from krmini.train.config import load_run_config
+from tests.train.microrun import subprocess_env
 
 # Peak RSS of two fp32 AdamW steps minus the RSS before the model exists, in a fresh process.
 MEASURE = """

@@ -10,12 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
-from microrun import krmini_cmd, micro_overrides, subprocess_env, train_losses
 
 from krmini.errors import KrminiError
 from krmini.train import checkpoint as ckpt
 from krmini.train.config import load_run_config
 from krmini.train.trainer import train
+from tests.train.microrun import krmini_cmd, micro_overrides, subprocess_env, train_losses
 
 # Warmup longer than any run here: the learning rate then depends only on the step, not on
 # max_steps, so a run can be resumed with a different stopping point and still be compared.
