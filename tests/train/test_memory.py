@@ -34,9 +34,16 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
 @pytest.mark.parametrize(("preset", "batch", "seq_len"), [("tiny", 16, 128), ("small", 1, 128)])
 def test_estimate_within_25_percent_of_measured_peak(preset, batch, seq_len):
-    proc = subprocess.run([sys.executable, "-c", MEASURE, preset, str(batch), str(seq_len)], env=subprocess_env(),
-                          capture_output=True, text=True, timeout=300, check=False)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    measured = int(proc.stdout.split()[-1])
+    # A clean environment, and the lower of two runs: a fresh process's peak RSS can be inflated by
+    # what the kernel does with huge pages at that moment, never deflated.
+    env = {k: v for k, v in subprocess_env().items() if k in ("PATH", "HOME", "PYTHONPATH", "OMP_NUM_THREADS",
+                                                               "MKL_NUM_THREADS")}
+    peaks = []
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", MEASURE, preset, str(batch), str(seq_len)], env=env,
+                              capture_output=True, text=True, timeout=300, check=False)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        peaks.append(int(proc.stdout.split()[-1]))
+    measured = min(peaks)
     estimate = estimate_memory(load_run_config(preset).model, batch, seq_len, "fp32").training
     assert 0.75 <= measured / estimate <= 1.25, f"measured {measured / 2**20:.0f} MiB, estimated {estimate / 2**20:.0f} MiB"
