@@ -10,9 +10,8 @@ from krmini.chat.lora import LoraConfig, apply_lora, load_adapter, merge_lora
 from krmini.chat.template import END
 from krmini.config import from_dict
 from krmini.errors import KrminiError
-from krmini.infer.load import LoadedModel, load_model
+from krmini.infer.load import LoadedModel, load_checkpoint_tokenizer, load_model
 from krmini.model import LlamaModel
-from krmini.tokenizer import KoTokenizer
 from krmini.train import checkpoint as ckpt
 
 
@@ -36,6 +35,6 @@ def load_chat_model(run_or_ckpt: str | Path, device: torch.device, adapter: str 
             ckpt.load_model_weights(model, path)
             load_adapter(model, adapter)
         model = merge_lora(model).to(device=device, dtype=dtype).eval()
-        loaded = LoadedModel(model, KoTokenizer.load(path / "tokenizer"), path)
+        loaded = LoadedModel(model, load_checkpoint_tokenizer(path, config), path)
     loaded.tokenizer.token_id(END)  # fails clearly for a tokenizer without chat tokens
     return loaded

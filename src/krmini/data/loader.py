@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from krmini.data.shards import load_split, read_manifest
 from krmini.errors import KrminiError
 
 
@@ -61,3 +62,9 @@ class TokenWindows:
 
     def epoch_of(self, i: int) -> float:
         return i / self.num_windows
+
+
+def split_windows(data_dir, split: str, seq_len: int, seed: int) -> tuple[TokenWindows, float]:
+    """Windows over a prepared split, and its raw UTF-8 bytes per token (what turns nats into bits/byte)."""
+    stats = read_manifest(data_dir)["splits"][split]
+    return TokenWindows(load_split(data_dir, split), seq_len, seed), stats["bytes"] / stats["tokens"]

@@ -82,19 +82,17 @@ def run_generate(args) -> int:
 
 def val_perplexity(model, state: dict, device: torch.device) -> dict | None:
     """Validation loss/perplexity on the run's val shards, as the trainer computes it; None without data."""
-    from krmini.data.loader import TokenWindows
-    from krmini.data.shards import load_split, read_manifest
+    from krmini.data.loader import split_windows
     from krmini.train.config import RunConfig
-    from krmini.train.trainer import evaluate
+    from krmini.train.evaluation import evaluate
 
     if "run_config" not in state:
         return None
     cfg = from_dict(RunConfig, state["run_config"], "state.json:run_config").train
     if not (Path(cfg.data_dir) / "manifest.json").is_file():
         return None
-    val = read_manifest(cfg.data_dir)["splits"]["val"]
-    windows = TokenWindows(load_split(cfg.data_dir, "val"), cfg.seq_len, cfg.seed)
-    return evaluate(model, windows, val["bytes"] / val["tokens"], cfg, device, "fp32")
+    windows, bytes_per_token = split_windows(cfg.data_dir, "val", cfg.seq_len, cfg.seed)
+    return evaluate(model, windows, bytes_per_token, cfg, device, "fp32")
 
 
 def run_quantize(args) -> int:

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from krmini.errors import KrminiError
 from krmini.infer.quantize import METHOD, int8_skeleton, int8_tensors
-from krmini.model import LlamaModel
+from krmini.model import LlamaModel, ModelConfig
 from krmini.tokenizer import KoTokenizer
 from krmini.train import checkpoint as ckpt
 
@@ -37,10 +37,8 @@ def _load_int8(model: LlamaModel, path: Path) -> None:
     model.load_state_dict(tensors, strict=False)
 
 
-def load_model(run_or_ckpt: str | Path, device: torch.device, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    path = ckpt.resolve_checkpoint(run_or_ckpt)
-    state = ckpt.read_state(path)
-    config = ckpt.checkpoint_model_config(path, state)
+def load_checkpoint_tokenizer(path: Path, config: ModelConfig) -> KoTokenizer:
+    """The tokenizer saved inside a checkpoint, checked against the model's vocabulary."""
     tokenizer_dir = path / "tokenizer"
     if not tokenizer_dir.is_dir():
         raise KrminiError(f"{path}: checkpoint has no tokenizer/ directory")
@@ -48,6 +46,14 @@ def load_model(run_or_ckpt: str | Path, device: torch.device, dtype: torch.dtype
     if tokenizer.vocab_size > config.vocab_size:
         raise KrminiError(f"{tokenizer_dir}: {tokenizer.vocab_size} tokens, more than the model's "
                           f"vocab_size {config.vocab_size}")
+    return tokenizer
+
+
+def load_model(run_or_ckpt: str | Path, device: torch.device, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    path = ckpt.resolve_checkpoint(run_or_ckpt)
+    state = ckpt.read_state(path)
+    config = ckpt.checkpoint_model_config(path, state)
+    tokenizer = load_checkpoint_tokenizer(path, config)
     model = LlamaModel(config)
     if state.get("quantization") == METHOD:
         _load_int8(int8_skeleton(model), path)

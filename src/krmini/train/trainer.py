@@ -20,8 +20,8 @@ import yaml
 from tqdm import tqdm
 
 from krmini.chat.lora import apply_lora
-from krmini.data.loader import TokenWindows
-from krmini.data.shards import load_split, read_manifest
+from krmini.data.loader import TokenWindows, split_windows
+from krmini.data.shards import read_manifest
 from krmini.device import autocast, pick_precision
 from krmini.errors import KrminiError
 from krmini.model import LlamaModel
@@ -124,10 +124,8 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, batches: BatchSources |
         (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), allow_unicode=True, sort_keys=False),
                                          encoding="utf-8")
     if batches is None:
-        val_split = manifest["splits"]["val"]
-        batches = BatchSources(TokenWindows(load_split(t.data_dir, "train"), t.seq_len, t.seed),
-                               TokenWindows(load_split(t.data_dir, "val"), t.seq_len, t.seed),
-                               val_split["bytes"] / val_split["tokens"])
+        train_windows, _ = split_windows(t.data_dir, "train", t.seq_len, t.seed)
+        batches = BatchSources(train_windows, *split_windows(t.data_dir, "val", t.seq_len, t.seed))
     train_windows, val_windows, bytes_per_token = batches.train, batches.val, batches.val_bytes_per_token
     tokens_per_step = t.batch_size * t.grad_accum * t.seq_len
     flops_per_token = training_flops_per_token(cfg.model, t.seq_len)
