@@ -84,7 +84,9 @@ def spm_tokenize(text: str, tokens: list[str], scores: list[float]) -> list[int]
 
 
 def test_vocab_scores_reproduce_our_bpe(loaded):
-    tokens, scores, types = spm_vocab(loaded.tokenizer, loaded.model.config.vocab_size)
+    vocab = spm_vocab(loaded.tokenizer, loaded.model.config.vocab_size)
+    tokens, scores, types = vocab.tokens, vocab.scores, vocab.types
+    assert (vocab.bos_id, vocab.eos_id, vocab.pad_id) == (1, 2, 0)
     assert len(tokens) == len(scores) == len(types) == loaded.model.config.vocab_size
     assert types[loaded.tokenizer.bos_id] == gguf.TokenType.CONTROL and types[tokens.index("<0xEA>")] == gguf.TokenType.BYTE
     for text in TEXTS:
@@ -112,6 +114,15 @@ def test_gguf_metadata_and_tensors(loaded, tmp_path):
     assert names["blk.0.attn_norm.weight"].tensor_type == gguf.GGMLQuantizationType.F32
 
 
+def test_bf16_keeps_the_bits_of_a_bf16_model(loaded, tmp_path):
+    path = export_gguf(loaded, tmp_path / "m.gguf", "bf16")
+    tensor = {t.name: t for t in gguf.GGUFReader(path).tensors}["blk.0.ffn_down.weight"]
+    assert tensor.tensor_type == gguf.GGMLQuantizationType.BF16
+    expected = loaded.model.model.layers[0].mlp.down_proj.weight.detach().to(torch.bfloat16)
+    stored = torch.from_numpy(tensor.data.copy()).view(torch.bfloat16).reshape(expected.shape)
+    assert torch.equal(stored, expected)
+
+
 def test_refuses_existing_file(tiny_run, tmp_path, capsys):
     out = tmp_path / "m.gguf"
     out.write_bytes(b"keep")
@@ -121,7 +132,7 @@ def test_refuses_existing_file(tiny_run, tmp_path, capsys):
     assert out.read_bytes()[:4] == b"GGUF"
 
 
-@pytest.mark.parametrize("kind", ["f32", "f16"])
+@pytest.mark.parametrize("kind", ["f32", "f16", "bf16"])
 def test_llama_cpp_reproduces_our_greedy_tokens(loaded, tmp_path, kind):
     llama_cpp = pytest.importorskip(
         "llama_cpp", reason="llama-cpp-python not installed (compiles llama.cpp: pip install 'krmini[gguf]')")

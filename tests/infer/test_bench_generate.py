@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from krmini.bench.generate import format_table, run_benchmark
+from krmini.bench.generate import format_table, placeholder_vocab, run_benchmark
 
 
 def test_benchmark_reports_ours_and_hf(small_model):
@@ -19,6 +19,21 @@ def test_benchmark_reports_ours_and_hf(small_model):
         assert row["bound_tok_s"] == pytest.approx(r["bandwidth_gb_s"] * 1e9 / (row["weights_mb"] * 1e6))
     assert res["ours-bf16"]["weights_mb"] == pytest.approx(res["ours-fp32"]["weights_mb"] / 2, rel=0.01)
     assert res["ours-int8"]["disk_mb"] < res["ours-fp32"]["disk_mb"] / 3.5
-    assert r["ours_over_hf"]["bf16"]["decode_b1_tok_s"] == pytest.approx(
+    assert r["ours_over"]["hf bf16"]["decode_b1_tok_s"] == pytest.approx(
         res["ours-bf16"]["decode_b1_tok_s"] / res["hf-bf16"]["decode_b1_tok_s"])
-    assert "ours / HF (bf16)" in format_table(r)
+    assert "ours / hf bf16: prefill" in format_table(r)
+
+
+def test_benchmark_runs_llama_cpp_on_the_gguf_export(small_model):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (compiles llama.cpp: pip install 'krmini[gguf]')")
+    r = run_benchmark(small_model, "micro", threads=1, new_tokens=4, prompt_tokens=512, repeats=1, with_hf=False,
+                      gguf_vocab=placeholder_vocab(small_model.config.vocab_size), bandwidth_mb=16)
+    res = r["results"]
+    assert {"llama.cpp-fp32", "llama.cpp-bf16", "llama.cpp-int8"} <= set(res)
+    assert res["llama.cpp-bf16"]["decode_b8_tok_s"] is None and res["llama.cpp-bf16"]["decode_b1_tok_s"] > 0
+    # the GGUF's tensor bytes: bf16 matrices are half of f32, q8_0 (34 bytes per 32 weights) about a quarter
+    assert res["llama.cpp-bf16"]["weights_mb"] < 0.6 * res["llama.cpp-fp32"]["weights_mb"]
+    assert res["llama.cpp-int8"]["weights_mb"] < res["llama.cpp-bf16"]["weights_mb"]
+    assert r["ours_over"]["llama.cpp int8"]["decode_b1_tok_s"] == pytest.approx(
+        res["ours-int8"]["decode_b1_tok_s"] / res["llama.cpp-int8"]["decode_b1_tok_s"])
+    assert "decode b8" not in format_table(r).split("ours / llama.cpp bf16:")[1].splitlines()[0]

@@ -1,16 +1,19 @@
-"""`krmini bench generate`: our engine against Hugging Face `transformers`, same weights, same process.
+"""`krmini bench generate`: our engine against Hugging Face `transformers` and llama.cpp, same weights.
 
-For fp32, bf16 and int8 (ours; `transformers` runs fp32 and bf16 of the converted model) we measure
-prefill tokens/s and time to first token on a long prompt, decode tokens/s at batch 1 and 8 (greedy,
-no early stop), memory (weights + KV cache at batch 8) and size on disk. Ours and Hugging Face's
-runs alternate within each repeat and the median is reported, so load from other processes on the
-machine hits both sides alike. The bandwidth bound — weight bytes read per token ÷ memory bandwidth
-measured here with a large tensor copy — shows how far batch-1 decoding is from the physical limit.
+For fp32, bf16 and int8 (ours; `transformers` runs fp32 and bf16 of the converted model; llama.cpp,
+when llama-cpp-python is installed, runs the GGUF export as f32, bf16 and q8_0) we measure prefill
+tokens/s and time to first token on a long prompt, decode tokens/s at batch 1 and 8 (greedy, no early
+stop; llama-cpp-python decodes one sequence, so batch 1 only), memory (weights + KV cache at batch 8)
+and size on disk. All engines run in this process and alternate within each repeat; the median is
+reported, so load from other processes on the machine hits every side alike. The bandwidth bound —
+weight bytes read per token ÷ memory bandwidth measured here with a large tensor copy — shows how far
+batch-1 decoding is from the physical limit.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import resource
 import statistics
@@ -82,13 +85,63 @@ def _hf(hf, prompts: list[list[int]], new_tokens: int) -> tuple[float, float]:
     return first - start, max((end - first) - (first - start), 1e-9)
 
 
-def _measure(run, model, prefill_ids: list[int], decode_ids: list[list[int]], new_tokens: int) -> dict:
+def _llama_cpp(llm, prompts: list[list[int]], new_tokens: int) -> tuple[float, float]:
+    """The same timing split through llama-cpp-python's greedy `generate` (one sequence)."""
+    (prompt,) = prompts
+    start = time.perf_counter()
+    first = None
+    for n, _ in enumerate(llm.generate(prompt, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True), 1):
+        if first is None:
+            first = time.perf_counter()
+        if n == new_tokens:
+            break
+    return first - start, time.perf_counter() - first
+
+
+RUNNERS = {"ours": _ours, "hf": _hf, "llama.cpp": _llama_cpp}
+
+
+def _measure(kind: str, model, prefill_ids: list[int], decode_ids: list[list[int]], new_tokens: int) -> dict:
+    run = RUNNERS[kind]
     ttft, _ = run(model, [prefill_ids], 1)
-    out = {"ttft_ms": ttft * 1e3, "prefill_tok_s": len(prefill_ids) / ttft}
-    for b in (1, 8):
+    out = {"ttft_ms": ttft * 1e3, "prefill_tok_s": len(prefill_ids) / ttft, "decode_b8_tok_s": None}
+    for b in (1,) if kind == "llama.cpp" else (1, 8):
         _, rest = run(model, decode_ids[:b], new_tokens)
         out[f"decode_b{b}_tok_s"] = b * (new_tokens - 1) / rest
     return out
+
+
+def placeholder_vocab(vocab_size: int):
+    """A GGUF vocabulary for a model without a tokenizer (a random preset): the benchmark feeds ids."""
+    import gguf
+
+    from krmini.export.gguf import GGUFVocab
+    from krmini.tokenizer.tokenizer import BYTE_TOKENS
+
+    tokens = ["<|pad|>", "<|bos|>", "<|eos|>", *BYTE_TOKENS]
+    tokens += [f"<|id_{i}|>" for i in range(len(tokens), vocab_size)]
+    types = [gguf.TokenType.CONTROL] * 3 + [gguf.TokenType.BYTE] * len(BYTE_TOKENS)
+    types += [gguf.TokenType.NORMAL] * (vocab_size - len(types))
+    return GGUFVocab(tokens[:vocab_size], [0.0] * vocab_size, [int(t) for t in types[:vocab_size]], 1, 2, 0)
+
+
+def llama_cpp_variants(model: LlamaModel, vocab, threads: int, workdir: Path) -> dict[str, dict]:
+    """The GGUF export at each precision, loaded by llama-cpp-python."""
+    import gguf
+    import llama_cpp
+
+    from krmini.export.gguf import write_gguf
+
+    variants = {}
+    context = model.config.max_position_embeddings
+    for name, kind in (("fp32", "f32"), ("bf16", "bf16"), ("int8", "q8_0")):
+        path = write_gguf(model, vocab, workdir / f"model-{kind}.gguf", kind)
+        llm = llama_cpp.Llama(model_path=str(path), n_ctx=context, n_batch=context, n_threads=threads,
+                              n_threads_batch=threads, verbose=False)
+        weights = sum(int(t.n_bytes) for t in gguf.GGUFReader(path).tensors)
+        variants[f"llama.cpp-{name}"] = {"model": llm, "kind": "llama.cpp", "dtype": name,
+                                         "disk": path.stat().st_size, "weights": weights}
+    return variants
 
 
 def build_variants(model: LlamaModel, with_hf: bool) -> dict[str, dict]:
@@ -114,7 +167,8 @@ def build_variants(model: LlamaModel, with_hf: bool) -> dict[str, dict]:
 
 
 def run_benchmark(model: LlamaModel, label: str, threads: int, new_tokens: int, prompt_tokens: int,
-                  repeats: int, with_hf: bool, bandwidth_mb: int = 512) -> dict:
+                  repeats: int, with_hf: bool, gguf_vocab=None, bandwidth_mb: int = 512) -> dict:
+    """`gguf_vocab`: the vocabulary for the llama.cpp rows (None: no llama.cpp rows)."""
     torch.set_num_threads(threads)
     cfg = model.config
     context = cfg.max_position_embeddings
@@ -131,15 +185,18 @@ def run_benchmark(model: LlamaModel, label: str, threads: int, new_tokens: int, 
 
     bandwidth = memory_bandwidth(bandwidth_mb)
     variants = build_variants(model, with_hf)
-    samples: dict[str, list[dict]] = {name: [] for name in variants}
-    for _ in range(repeats):
-        for name, v in variants.items():  # ours-fp32, hf-fp32, ours-bf16, hf-bf16, ours-int8: interleaved
-            runner = _ours if v["kind"] == "ours" else _hf
-            samples[name].append(_measure(runner, v["model"], prefill_ids, decode_ids, new_tokens))
+    with tempfile.TemporaryDirectory() as tmp:
+        if gguf_vocab is not None:
+            variants |= llama_cpp_variants(model, gguf_vocab, threads, Path(tmp))
+        samples: dict[str, list[dict]] = {name: [] for name in variants}
+        for _ in range(repeats):
+            for name, v in variants.items():  # every engine and precision once per repeat: interleaved
+                samples[name].append(_measure(v["kind"], v["model"], prefill_ids, decode_ids, new_tokens))
     kv_per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim
     rows = {}
     for name, v in variants.items():
-        row = {k: statistics.median(s[k] for s in samples[name]) for k in samples[name][0]}
+        row = {k: None if samples[name][0][k] is None else statistics.median(s[k] for s in samples[name])
+               for k in samples[name][0]}
         elem = 4 if v["dtype"] == "fp32" else 2
         kv = kv_per_token * elem * 8 * (decode_len + new_tokens)
         row.update(dtype=v["dtype"], kind=v["kind"], weights_mb=v["weights"] / 1e6, disk_mb=v["disk"] / 1e6,
@@ -148,13 +205,15 @@ def run_benchmark(model: LlamaModel, label: str, threads: int, new_tokens: int, 
         row["of_bound"] = row["decode_b1_tok_s"] / row["bound_tok_s"]
         rows[name] = row
     ratios = {}
-    for dtype in ("fp32", "bf16"):
-        if f"hf-{dtype}" in rows:
-            ours, hf = rows[f"ours-{dtype}"], rows[f"hf-{dtype}"]
-            ratios[dtype] = {k: ours[k] / hf[k] for k in ("prefill_tok_s", "decode_b1_tok_s", "decode_b8_tok_s")}
+    for engine in ("hf", "llama.cpp"):
+        for dtype in ("fp32", "bf16", "int8"):
+            if f"{engine}-{dtype}" in rows:
+                ours, other = rows[f"ours-{dtype}"], rows[f"{engine}-{dtype}"]
+                ratios[f"{engine} {dtype}"] = {k: ours[k] / other[k] for k in ("prefill_tok_s", "decode_b1_tok_s",
+                                                                               "decode_b8_tok_s") if other[k]}
     return {"model": label, "parameters": model.num_parameters(), "config": vars(cfg).copy(), "threads": threads,
             "new_tokens": new_tokens, "prefill_tokens": prefill_len, "decode_prompt_tokens": decode_len,
-            "repeats": repeats, "bandwidth_gb_s": bandwidth / 1e9, "results": rows, "ours_over_hf": ratios,
+            "repeats": repeats, "bandwidth_gb_s": bandwidth / 1e9, "results": rows, "ours_over": ratios,
             "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3,
             "torch": torch.__version__}
 
@@ -176,36 +235,44 @@ def format_table(r: dict) -> str:
     lines = [f"{r['model']}: {r['parameters'] / 1e6:.2f}M parameters, {r['threads']} threads, "
              f"prefill {r['prefill_tokens']} tokens, decode {r['new_tokens']} new tokens after "
              f"{r['decode_prompt_tokens']}, median of {r['repeats']}; memory bandwidth {r['bandwidth_gb_s']:.1f} GB/s",
-             f"{'engine':<11}{'prefill t/s':>12}{'TTFT ms':>9}{'decode b1':>10}{'decode b8':>10}"
+             f"{'engine':<15}{'prefill t/s':>12}{'TTFT ms':>9}{'decode b1':>10}{'decode b8':>10}"
              f"{'bound b1':>9}{'of bound':>9}{'mem MB':>8}{'disk MB':>8}"]
     for name, x in r["results"].items():
-        lines.append(f"{name:<11}{x['prefill_tok_s']:>12,.0f}{x['ttft_ms']:>9.1f}{x['decode_b1_tok_s']:>10.1f}"
-                     f"{x['decode_b8_tok_s']:>10.1f}{x['bound_tok_s']:>9.0f}{x['of_bound']:>9.0%}"
-                     f"{x['memory_mb']:>8.1f}{x['disk_mb']:>8.1f}")
-    for dtype, ratio in r["ours_over_hf"].items():
-        lines.append(f"ours / HF ({dtype}): prefill {ratio['prefill_tok_s']:.2f}x, decode b1 "
-                     f"{ratio['decode_b1_tok_s']:.2f}x, decode b8 {ratio['decode_b8_tok_s']:.2f}x")
+        b8 = "—" if x["decode_b8_tok_s"] is None else f"{x['decode_b8_tok_s']:.1f}"
+        lines.append(f"{name:<15}{x['prefill_tok_s']:>12,.0f}{x['ttft_ms']:>9.1f}{x['decode_b1_tok_s']:>10.1f}"
+                     f"{b8:>10}{x['bound_tok_s']:>9.0f}{x['of_bound']:>9.0%}{x['memory_mb']:>8.1f}{x['disk_mb']:>8.1f}")
+    for other, ratio in r["ours_over"].items():
+        lines.append(f"ours / {other}: " + ", ".join(f"{k.removesuffix('_tok_s').replace('_', ' ')} {v:.2f}x"
+                                                    for k, v in ratio.items()))
     return "\n".join(lines)
 
 
-def _model_from_args(args) -> tuple[LlamaModel, str]:
+def _model_from_args(args) -> tuple[LlamaModel, str, object]:
+    """(model, label, GGUF vocabulary or None where the llama.cpp rows are not wanted or possible)."""
     if bool(args.model) == bool(args.preset):
         raise KrminiError("bench generate: give a RUN directory or --preset (one of them)")
+    with_llama_cpp = not args.no_llama_cpp and all(importlib.util.find_spec(m) for m in ("gguf", "llama_cpp"))
+    if not with_llama_cpp and not args.no_llama_cpp:
+        print("llama.cpp: skipped (llama-cpp-python not installed: pip install 'krmini[gguf]')")
     if args.model:
+        from krmini.export.gguf import spm_vocab
         from krmini.infer.load import load_model
 
         loaded = load_model(args.model, torch.device("cpu"))
-        return loaded.model, str(loaded.path)
+        vocab = spm_vocab(loaded.tokenizer, loaded.model.config.vocab_size) if with_llama_cpp else None
+        return loaded.model, str(loaded.path), vocab
     from krmini.train.config import load_run_config
 
     overrides = [f"model.vocab_size={args.vocab_size}"] if args.vocab_size else []
     cfg = load_run_config(args.preset, overrides).model
     torch.manual_seed(0)
-    return LlamaModel(cfg).eval(), f"preset {args.preset} (random init, vocab {cfg.vocab_size})"
+    vocab = placeholder_vocab(cfg.vocab_size) if with_llama_cpp else None
+    return LlamaModel(cfg).eval(), f"preset {args.preset} (random init, vocab {cfg.vocab_size})", vocab
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("generate", help="prefill/decode speed: ours (fp32/bf16/int8) vs transformers",
+    p = subparsers.add_parser("generate", help="prefill/decode speed: ours (fp32/bf16/int8) vs transformers "
+                              "and llama.cpp",
                               description=__doc__)
     p.add_argument("model", nargs="?", metavar="RUN_OR_CKPT", help="a trained run or checkpoint")
     p.add_argument("--preset", help="benchmark a randomly initialised preset instead (tiny, small, ...)")
@@ -215,6 +282,7 @@ def register(subparsers) -> None:
     p.add_argument("--prompt-tokens", type=int, default=512, help="prefill length, capped by the context")
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported")
     p.add_argument("--no-hf", action="store_true", help="skip the transformers comparison")
+    p.add_argument("--no-llama-cpp", action="store_true", help="skip the llama.cpp comparison")
     p.add_argument("--profile", action="store_true", help="also print the top ops of a bf16 decode step")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=run)
@@ -223,9 +291,9 @@ def register(subparsers) -> None:
 def run(args) -> int:
     if args.threads < 1 or args.repeats < 1:
         raise KrminiError("--threads and --repeats: expected >= 1")
-    model, label = _model_from_args(args)
+    model, label, gguf_vocab = _model_from_args(args)
     results = run_benchmark(model, label, args.threads, args.new_tokens, args.prompt_tokens, args.repeats,
-                            not args.no_hf)
+                            not args.no_hf, gguf_vocab)
     print(format_table(results))
     if args.profile:
         results["profile_bf16_decode"] = profile_decode_step(copy.deepcopy(model).to(torch.bfloat16))

@@ -14,13 +14,15 @@ Two things differ from the Hugging Face layout:
   pre-tokenizer never lets a token span a space or a digit, and it adds no leading "▁", hence
   `add_space_prefix = false`.
 
-Types: f32 everything; f16 for matrices (norms stay f32); q8_0 for matrices whose rows are a
-multiple of 32 (others f16), as llama.cpp's own converter does.
+Types: f32 everything; f16 or bf16 for matrices (norms stay f32; bf16 keeps a bf16 model's bits
+exactly); q8_0 for matrices whose rows are a multiple of 32 (others f16), as llama.cpp's own
+converter does.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +35,7 @@ from krmini.model import LlamaModel
 from krmini.tokenizer import KoTokenizer
 from krmini.tokenizer.tokenizer import BYTE_TOKENS, SPECIAL_TOKENS
 
-GGUF_TYPES = ("f32", "f16", "q8_0")
+GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
 Q8_BLOCK = 32
 
 
@@ -75,8 +77,20 @@ def gguf_tensors(model: LlamaModel) -> dict[str, torch.Tensor]:
     return out
 
 
-def spm_vocab(tokenizer: KoTokenizer, vocab_size: int) -> tuple[list[str], list[float], list[int]]:
-    """Tokens, scores and token types for llama.cpp's "llama" tokenizer, padded to `vocab_size`."""
+@dataclass
+class GGUFVocab:
+    """What llama.cpp's "llama" tokenizer reads: one token, score and type per id, and the special ids."""
+
+    tokens: list[str]
+    scores: list[float]
+    types: list[int]
+    bos_id: int
+    eos_id: int
+    pad_id: int
+
+
+def spm_vocab(tokenizer: KoTokenizer, vocab_size: int) -> GGUFVocab:
+    """Our tokenizer as llama.cpp's "llama" tokenizer, padded to `vocab_size`."""
     gguf = _gguf()
     by_id = {i: t for t, i in tokenizer.tok.get_vocab(with_added_tokens=True).items()}
     merges = json.loads(tokenizer.tok.to_str())["model"]["merges"]
@@ -96,26 +110,35 @@ def spm_vocab(tokenizer: KoTokenizer, vocab_size: int) -> tuple[list[str], list[
             types.append(gguf.TokenType.CONTROL if token in special else
                          gguf.TokenType.BYTE if token in byte else gguf.TokenType.NORMAL)
         token_scores.append(scores.get(token, 0.0))
-    return tokens, token_scores, [int(t) for t in types]
+    return GGUFVocab(tokens, token_scores, [int(t) for t in types], tokenizer.bos_id, tokenizer.eos_id,
+                     tokenizer.pad_id)
 
 
 def _encode(gguf, tensor: torch.Tensor, kind: str) -> tuple[np.ndarray, object]:
     array = tensor.numpy().astype(np.float32)
     if kind == "f32" or array.ndim == 1:
         return array, gguf.GGMLQuantizationType.F32
+    if kind == "bf16":  # torch's own rounding, so a bf16 model's weights arrive bit for bit
+        bits = tensor.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint8)
+        return bits.reshape(*array.shape[:-1], array.shape[-1] * 2), gguf.GGMLQuantizationType.BF16
     if kind == "q8_0" and array.shape[-1] % Q8_BLOCK == 0:
         return gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q8_0), gguf.GGMLQuantizationType.Q8_0
     return array.astype(np.float16), gguf.GGMLQuantizationType.F16
 
 
 def export_gguf(loaded: LoadedModel, out: Path, kind: str = "f16", force: bool = False, name: str = "krmini") -> Path:
+    return write_gguf(loaded.model, spm_vocab(loaded.tokenizer, loaded.model.config.vocab_size), out, kind, force,
+                      name)
+
+
+def write_gguf(model: LlamaModel, vocab: GGUFVocab, out: Path, kind: str = "f16", force: bool = False,
+               name: str = "krmini") -> Path:
     if kind not in GGUF_TYPES:
         raise KrminiError(f"--type: expected one of {', '.join(GGUF_TYPES)}, got {kind!r}")
     gguf = _gguf()
-    model, tok, c = loaded.model, loaded.tokenizer, loaded.model.config
+    c = model.config
     file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[kind]
-    tokens, scores, types = spm_vocab(tok, c.vocab_size)
+                 "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[kind]
     with staged_file(out, force) as tmp:
         writer = gguf.GGUFWriter(str(tmp), "llama")
         writer.add_name(name)
@@ -131,12 +154,12 @@ def export_gguf(loaded: LoadedModel, out: Path, kind: str = "f16", force: bool =
         writer.add_vocab_size(c.vocab_size)
         writer.add_file_type(file_type)
         writer.add_tokenizer_model("llama")
-        writer.add_token_list(tokens)
-        writer.add_token_scores(scores)
-        writer.add_token_types(types)
-        writer.add_bos_token_id(tok.bos_id)
-        writer.add_eos_token_id(tok.eos_id)
-        writer.add_pad_token_id(tok.pad_id)
+        writer.add_token_list(vocab.tokens)
+        writer.add_token_scores(vocab.scores)
+        writer.add_token_types(vocab.types)
+        writer.add_bos_token_id(vocab.bos_id)
+        writer.add_eos_token_id(vocab.eos_id)
+        writer.add_pad_token_id(vocab.pad_id)
         writer.add_add_bos_token(True)
         writer.add_add_eos_token(False)
         writer.add_add_space_prefix(False)
