@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 
 from krmini.errors import KrminiError
 from krmini.infer.engine import DecodeBatch
+from krmini.infer.packed import pack_for_decoding
 from krmini.infer.quantize import int8_tensors, quantize_model
 from krmini.infer.sampling import SamplingConfig
 from krmini.model import LlamaModel
@@ -145,24 +146,25 @@ def llama_cpp_variants(model: LlamaModel, vocab, threads: int, workdir: Path) ->
 
 
 def build_variants(model: LlamaModel, with_hf: bool) -> dict[str, dict]:
-    """name → {"model", "kind" (ours|hf), "dtype", "weights", "disk"} built from one fp32 model."""
+    """name → {"model", "kind" (ours|hf), "dtype", "weights" (bytes read per token), "disk"} built from one
+    fp32 model; ours are packed for decoding as `krmini generate` packs them."""
     model = model.float().eval()
     variants = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         m = copy.deepcopy(model).to(dtype)
-        disk = _disk_bytes(model_tensors(m))
-        variants[f"ours-{name}"] = {"model": m, "kind": "ours", "dtype": name, "disk": disk}
+        disk, weights = _disk_bytes(model_tensors(m)), _weight_bytes(m)
+        variants[f"ours-{name}"] = {"model": pack_for_decoding(copy.deepcopy(m)), "kind": "ours", "dtype": name,
+                                    "disk": disk, "weights": weights}
         if with_hf:
             from krmini.export.hf import to_hf_model
 
             hf = to_hf_model(m)
             hf.generation_config.eos_token_id = None  # always generate the full length, like ours
             hf.generation_config.pad_token_id = 0
-            variants[f"hf-{name}"] = {"model": hf, "kind": "hf", "dtype": name, "disk": disk}
+            variants[f"hf-{name}"] = {"model": hf, "kind": "hf", "dtype": name, "disk": disk, "weights": weights}
     q = quantize_model(copy.deepcopy(model)).to(torch.bfloat16)
-    variants["ours-int8"] = {"model": q, "kind": "ours", "dtype": "int8", "disk": _disk_bytes(int8_tensors(q))}
-    for v in variants.values():
-        v["weights"] = _weight_bytes(v["model"])
+    variants["ours-int8"] = {"model": q, "kind": "ours", "dtype": "int8", "disk": _disk_bytes(int8_tensors(q)),
+                             "weights": _weight_bytes(q)}
     return variants
 
 

@@ -11,13 +11,15 @@ from krmini.chat.template import END
 from krmini.config import from_dict
 from krmini.errors import KrminiError
 from krmini.infer.load import LoadedModel, load_checkpoint_tokenizer, load_model
+from krmini.infer.packed import pack_for_decoding
 from krmini.model import LlamaModel
 from krmini.train import checkpoint as ckpt
 
 
 def load_chat_model(run_or_ckpt: str | Path, device: torch.device, adapter: str | Path | None = None,
                     dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Merged, eval-mode model and its tokenizer; merging once makes generation as fast as a plain model."""
+    """Merged, eval-mode model (packed for decoding) and its tokenizer; merging once makes generation
+    as fast as a plain model."""
     path = ckpt.resolve_checkpoint(run_or_ckpt)
     state = ckpt.read_state(path)
     lora = (state.get("run_config") or {}).get("lora")
@@ -37,4 +39,5 @@ def load_chat_model(run_or_ckpt: str | Path, device: torch.device, adapter: str 
         model = merge_lora(model).to(device=device, dtype=dtype).eval()
         loaded = LoadedModel(model, load_checkpoint_tokenizer(path, config), path)
     loaded.tokenizer.token_id(END)  # fails clearly for a tokenizer without chat tokens
+    pack_for_decoding(loaded.model)
     return loaded
