@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 
 from krmini.errors import KrminiError
 from krmini.infer.engine import DecodeBatch
-from krmini.infer.packed import pack_for_decoding
+from krmini.infer.fused import fuse_for_decoding
 from krmini.infer.quantize import int8_tensors, quantize_model
 from krmini.infer.sampling import SamplingConfig
 from krmini.model import LlamaModel
@@ -153,7 +153,7 @@ def build_variants(model: LlamaModel, with_hf: bool) -> dict[str, dict]:
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         m = copy.deepcopy(model).to(dtype)
         disk, weights = _disk_bytes(model_tensors(m)), _weight_bytes(m)
-        variants[f"ours-{name}"] = {"model": pack_for_decoding(copy.deepcopy(m)), "kind": "ours", "dtype": name,
+        variants[f"ours-{name}"] = {"model": fuse_for_decoding(copy.deepcopy(m)), "kind": "ours", "dtype": name,
                                     "disk": disk, "weights": weights}
         if with_hf:
             from krmini.export.hf import to_hf_model

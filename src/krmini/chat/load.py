@@ -10,15 +10,15 @@ from krmini.chat.lora import LoraConfig, apply_lora, load_adapter, merge_lora
 from krmini.chat.template import END
 from krmini.config import from_dict
 from krmini.errors import KrminiError
+from krmini.infer.fused import fuse_for_decoding
 from krmini.infer.load import LoadedModel, load_checkpoint_tokenizer, load_model
-from krmini.infer.packed import pack_for_decoding
 from krmini.model import LlamaModel
 from krmini.train import checkpoint as ckpt
 
 
 def load_chat_model(run_or_ckpt: str | Path, device: torch.device, adapter: str | Path | None = None,
                     dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Merged, eval-mode model (packed for decoding) and its tokenizer; merging once makes generation
+    """Merged, eval-mode model (fused for decoding) and its tokenizer; merging once makes generation
     as fast as a plain model."""
     path = ckpt.resolve_checkpoint(run_or_ckpt)
     state = ckpt.read_state(path)
@@ -39,5 +39,5 @@ def load_chat_model(run_or_ckpt: str | Path, device: torch.device, adapter: str 
         model = merge_lora(model).to(device=device, dtype=dtype).eval()
         loaded = LoadedModel(model, load_checkpoint_tokenizer(path, config), path)
     loaded.tokenizer.token_id(END)  # fails clearly for a tokenizer without chat tokens
-    pack_for_decoding(loaded.model)
+    fuse_for_decoding(loaded.model)
     return loaded

@@ -12,8 +12,8 @@ from krmini.config import from_dict
 from krmini.device import DTYPES, pick_device
 from krmini.errors import KrminiError
 from krmini.infer.engine import Engine
+from krmini.infer.fused import fuse_for_decoding
 from krmini.infer.load import load_model
-from krmini.infer.packed import pack_for_decoding
 from krmini.infer.quantize import quantize_model, save_int8
 from krmini.infer.sampling import TRUNCATE_MODES, SamplingConfig
 from krmini.train import checkpoint as ckpt
@@ -68,7 +68,7 @@ def register(subparsers) -> None:
 def run_generate(args) -> int:
     loaded = load_model(args.model, pick_device(args.device), DTYPES[args.dtype])
     cfg = sampling_from_args(args)
-    engine = Engine(pack_for_decoding(loaded.model), loaded.tokenizer)
+    engine = Engine(fuse_for_decoding(loaded.model), loaded.tokenizer)
     if len(args.prompt) == 1:
         sys.stdout.write(args.prompt[0])
         for piece in engine.stream(args.prompt[0], cfg):

@@ -1,0 +1,101 @@
+"""The model's blocks rebuilt for generation: fewer, larger matmuls with weights laid out once.
+
+Decoding one token runs every layer on a single row, so a step is dozens of small operations and
+the fixed cost of each one matters as much as its arithmetic. Two changes cut that cost without
+changing what is computed:
+
+* **Fused projections.** q, k and v are one matmul against the three weights stacked, and RoPE
+  rotates q and k in one pass; gate and up are one matmul. 7 matmuls per layer become 4.
+* **Packed bf16 weights.** In bf16, `F.linear` on CPU hands the weight to oneDNN in PyTorch's
+  row-major layout and oneDNN reorders it into its blocked layout on every call. Packing once
+  (`torch.ops.mkldnn._reorder_linear_weight`, the kernels `torch.compile` uses on CPU with frozen
+  weights) removes that. fp32 stays with MKL, which needs no reorder and is faster on small matrices.
+
+Inference only: the fused layers hold new (stacked or packed) weights, so a fused model cannot be
+trained, saved or exported — fuse the copy that generates. The tests check it produces the same
+tokens as the reference model.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from krmini.model.llama import MLP, Attention, LlamaModel, apply_rope
+
+
+class PackedLinear(nn.Module):
+    """y = x Wᵀ through oneDNN with W pre-packed (no bias: our model has none)."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
+
+
+def can_pack(weight: torch.Tensor) -> bool:
+    """bf16 on the CPU, with a PyTorch built with oneDNN (x86-64 and most arm64 builds)."""
+    return (weight.device.type == "cpu" and weight.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+
+
+def linear_for_decoding(weight: torch.Tensor) -> nn.Module:
+    """A bias-free linear layer computing x Wᵀ: packed where that helps, plain otherwise."""
+    if can_pack(weight):
+        return PackedLinear(weight)
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device=weight.device, dtype=weight.dtype)
+    layer.weight = nn.Parameter(weight.detach(), requires_grad=False)
+    return layer
+
+
+class FusedAttention(Attention):
+    """`Attention` with one qkv matmul and one RoPE pass; caching and attention are inherited."""
+
+    def __init__(self, attn: Attention) -> None:
+        nn.Module.__init__(self)  # not Attention.__init__: the weights come from `attn`, not a new init
+        self.n_heads, self.n_kv, self.head_dim = attn.n_heads, attn.n_kv, attn.head_dim
+        stacked = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
+        self.qkv_proj = linear_for_decoding(stacked)
+        self.o_proj = linear_for_decoding(attn.o_proj.weight)
+
+    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        B, T, _ = x.shape
+        qkv = self.qkv_proj(x).view(B, T, self.n_heads + 2 * self.n_kv, self.head_dim).transpose(1, 2)
+        rotated = self.n_heads + self.n_kv
+        qk = apply_rope(qkv[:, :rotated], cos, sin)
+        return qk[:, : self.n_heads], qk[:, self.n_heads :], qkv[:, rotated:]
+
+
+class FusedMLP(nn.Module):
+    """SwiGLU with gate and up as one matmul."""
+
+    def __init__(self, mlp: MLP) -> None:
+        super().__init__()
+        self.hidden = mlp.gate_proj.out_features
+        self.gate_up_proj = linear_for_decoding(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]))
+        self.down_proj = linear_for_decoding(mlp.down_proj.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).split(self.hidden, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+@torch.no_grad()
+def fuse_for_decoding(model: LlamaModel) -> LlamaModel:
+    """Swap every block's attention and MLP for the fused versions (and pack the LM head), in place.
+
+    Layers that are not plain float `nn.Linear` (int8, LoRA) are left as they are.
+    """
+    for block in model.model.layers:
+        attn, mlp = block.self_attn, block.mlp
+        if all(type(m) is nn.Linear for m in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj)):
+            block.self_attn = FusedAttention(attn)
+        if all(type(m) is nn.Linear for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj)):
+            block.mlp = FusedMLP(mlp)
+    if type(model.lm_head) is nn.Linear and can_pack(model.lm_head.weight):
+        model.lm_head = PackedLinear(model.lm_head.weight)
+    return model

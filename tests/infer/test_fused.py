@@ -1,0 +1,58 @@
+"""Fused decoding layers: the reference model's logits and tokens, with fewer and packed matmuls."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from krmini.infer.engine import DecodeBatch
+from krmini.infer.fused import FusedAttention, FusedMLP, PackedLinear, can_pack, fuse_for_decoding
+from krmini.infer.quantize import quantize_model
+from krmini.infer.sampling import SamplingConfig
+
+IDS = torch.tensor([[5, 17, 42, 7, 99, 3, 250, 11]])
+PROMPTS = [[5, 17, 42], [7, 99, 3, 250, 11, 8, 9], [31]]  # a left-padded batch of different lengths
+
+
+def _tokens(model, prompts=PROMPTS):
+    batch = DecodeBatch(model, prompts, [SamplingConfig(max_new_tokens=12, temperature=0)] * len(prompts))
+    out = [[] for _ in prompts]
+    while batch.running:
+        for row, tid, _ in batch.step():
+            out[row].append(tid)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_model_computes_what_the_reference_computes(small_model, dtype):
+    reference = copy.deepcopy(small_model).to(dtype)
+    fused = fuse_for_decoding(copy.deepcopy(reference))
+    layers = small_model.config.num_hidden_layers
+    assert sum(isinstance(m, FusedAttention) for m in fused.modules()) == layers
+    assert sum(isinstance(m, FusedMLP) for m in fused.modules()) == layers
+    with torch.inference_mode():
+        want, got = reference(IDS)[0], fused(IDS)[0]
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2  # a stacked matmul may sum in another order
+    torch.testing.assert_close(got.float(), want.float(), atol=tolerance, rtol=tolerance)
+    assert _tokens(fused) == _tokens(reference)
+
+
+@pytest.mark.skipif(not can_pack(torch.zeros(1, dtype=torch.bfloat16)),
+                    reason="this PyTorch build has no oneDNN (mkldnn) CPU kernels")
+def test_bf16_weights_are_packed_and_fp32_ones_are_not(small_model):
+    packed = fuse_for_decoding(copy.deepcopy(small_model).to(torch.bfloat16))
+    assert sum(isinstance(m, PackedLinear) for m in packed.modules()) == 4 * small_model.config.num_hidden_layers + 1
+    assert not any(type(m) is nn.Linear for m in packed.modules())
+    plain = fuse_for_decoding(copy.deepcopy(small_model))
+    assert not any(isinstance(m, PackedLinear) for m in plain.modules())
+
+
+def test_int8_layers_are_left_alone(small_model):
+    q = quantize_model(copy.deepcopy(small_model))
+    before = _tokens(q)
+    fused = fuse_for_decoding(q)
+    assert not any(isinstance(m, (FusedAttention, FusedMLP, PackedLinear)) for m in fused.modules())
+    assert _tokens(fused) == before
