@@ -42,12 +42,13 @@ def test_fused_model_computes_what_the_reference_computes(small_model, dtype):
 
 @pytest.mark.skipif(not can_pack(torch.zeros(1, dtype=torch.bfloat16)),
                     reason="this PyTorch build has no oneDNN (mkldnn) CPU kernels")
-def test_bf16_weights_are_packed_and_fp32_ones_are_not(small_model):
+def test_bf16_weights_are_packed_and_small_fp32_ones_are_not(small_model):
     packed = fuse_for_decoding(copy.deepcopy(small_model).to(torch.bfloat16))
     assert sum(isinstance(m, PackedLinear) for m in packed.modules()) == 4 * small_model.config.num_hidden_layers + 1
     assert not any(type(m) is nn.Linear for m in packed.modules())
-    plain = fuse_for_decoding(copy.deepcopy(small_model))
+    plain = fuse_for_decoding(copy.deepcopy(small_model))  # fp32 matrices this small stay with MKL
     assert not any(isinstance(m, PackedLinear) for m in plain.modules())
+    assert can_pack(torch.zeros(32000, 192)) and not can_pack(torch.zeros(1024, 192))
 
 
 def test_int8_layers_are_left_alone(small_model):

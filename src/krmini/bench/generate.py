@@ -298,7 +298,7 @@ def run(args) -> int:
                             not args.no_hf, gguf_vocab)
     print(format_table(results))
     if args.profile:
-        results["profile_bf16_decode"] = profile_decode_step(copy.deepcopy(model).to(torch.bfloat16))
+        results["profile_bf16_decode"] = profile_decode_step(fuse_for_decoding(copy.deepcopy(model).to(torch.bfloat16)))
         print(results["profile_bf16_decode"])
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
