@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import warnings
@@ -67,12 +68,34 @@ def test_bf16_training_tracks_fp32(micro_data, tmp_path):
         assert abs(runs["bf16"][step] - runs["fp32"][step]) < 0.05
 
 
-def test_optimizer_is_fused_on_cuda_and_foreach_elsewhere():
+def test_optimizer_is_fused_where_a_kernel_exists_and_computes_adamw(monkeypatch):
     model = _micro_model()
-    cpu = build_optimizer(model, TrainConfig(), torch.device("cpu"))
-    assert cpu.defaults["foreach"] is True and not cpu.defaults["fused"]
-    cuda = build_optimizer(model, TrainConfig(), torch.device("cuda"))  # only the flag; nothing runs
-    assert cuda.defaults["fused"] is True and not cuda.defaults["foreach"]
+    fused = build_optimizer(model, TrainConfig())
+    assert fused.defaults["fused"] is True  # PyTorch has a fused CPU kernel
+    reference = copy.deepcopy(model)
+    foreach = torch.optim.AdamW(reference.parameters(), lr=TrainConfig().lr, betas=(0.9, 0.95), weight_decay=0.0,
+                                foreach=True)
+    for group in fused.param_groups:
+        group["weight_decay"] = 0.0
+    for _ in range(3):
+        for p, q in zip(model.parameters(), reference.parameters(), strict=True):
+            p.grad = torch.full_like(p, 0.01)
+            q.grad = torch.full_like(q, 0.01)
+        fused.step()
+        foreach.step()
+    for p, q in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+    real = torch.optim.AdamW
+
+    def no_fused_kernel(*args, fused=None, **kwargs):
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be on a supported device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", no_fused_kernel)
+    fallback = build_optimizer(_micro_model(), TrainConfig())
+    assert fallback.defaults["foreach"] is True and not fallback.defaults["fused"]
 
 
 def test_flops_count_matches_hand_count():

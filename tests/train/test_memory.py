@@ -23,7 +23,7 @@ cfg = load_run_config(sys.argv[1])
 x = torch.randint(0, cfg.model.vocab_size, (int(sys.argv[2]), int(sys.argv[3])))
 base = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
 model = LlamaModel(cfg.model)
-opt = build_optimizer(model, TrainConfig(), torch.device("cpu"))
+opt = build_optimizer(model, TrainConfig())
 for _ in range(2):
     _, loss = model(x, x)
     loss.backward()

@@ -1,7 +1,7 @@
 """`krmini bench train`: our training step vs Hugging Face `LlamaForCausalLM`, same config, same process.
 
 Both models get the same weights (HF's is built from ours with `to_hf_model`), the same random
-batch, the same AdamW (foreach on CPU, fused on CUDA) and the same autocast precision. Runs are
+batch, the same AdamW (fused on CPU and CUDA) and the same autocast precision. Runs are
 interleaved (ours, HF, ours, HF, …) and the median step time is kept, so a neighbour's load on a
 shared machine hits both sides alike. MFU is measured against the matmul peak of this machine in
 this process (square matmuls at the same thread count), for fp32 and bf16 separately.
@@ -88,7 +88,7 @@ def _build(cfg, device, precision: str, compiled: bool):
     train_cfg = TrainConfig()
     pairs = {}
     for name, model in (("ours", ours), ("hf", hf)):
-        opt = build_optimizer(model, train_cfg, device)
+        opt = build_optimizer(model, train_cfg)
         pairs[name] = _step_fn(torch.compile(model) if compiled else model, opt, device, precision)
     return pairs
 

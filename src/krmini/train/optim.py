@@ -9,20 +9,23 @@ import torch
 from krmini.train.config import TrainConfig
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device | None = None) -> torch.optim.AdamW:
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """Decay 2-D weights (matmuls, embeddings); never norms or biases, whose scale is meaningful.
 
-    On CUDA the fused kernel updates every parameter in one launch; elsewhere the `foreach`
-    implementation batches the updates per parameter group. Both compute the same AdamW.
+    The fused kernel updates every parameter in one pass (CUDA, and the CPU since PyTorch 2.4: for
+    the 135M `small` preset on 2 cores a step of 37 ms instead of 130–290 ms with `foreach`); where
+    a device has no fused kernel, `foreach` batches the updates per group. Both compute AdamW.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     unique = list({id(p): p for p in params}.values())  # tied weights appear once
     decay = [p for p in unique if p.dim() >= 2]
     no_decay = [p for p in unique if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = device is not None and device.type == "cuda"
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused or None,
-                             foreach=None if fused else True)
+    betas = (cfg.beta1, cfg.beta2)
+    try:
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, fused=True)
+    except RuntimeError:  # no fused kernel for these parameters' device or type
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, foreach=True)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

@@ -107,7 +107,7 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, batches: BatchSources |
     elif ckpt.complete_checkpoints(ckpt_root) if ckpt_root.is_dir() else False:
         raise KrminiError(f"{out}: already has checkpoints; pass --resume to continue or choose another out_dir")
     model = ddist.wrap_model(model, t.strategy, ctx, device)
-    optimizer = build_optimizer(model, t, device)
+    optimizer = build_optimizer(model, t)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     if state is not None:
         ckpt.load_training_state(path, model, optimizer, state)
