@@ -18,7 +18,6 @@ import numpy as np
 
 from krmini.data.clean import clean_text
 from krmini.data.dedup import DedupConfig, MinHasher, ngram_hashes, repeated_ngram_ratio
-from krmini.data.encode import WordCachedEncoder
 from krmini.data.filters import FilterConfig, scrub_pii, strip_boilerplate, text_reason
 from krmini.data.split import document_digest
 
@@ -56,7 +55,6 @@ class ChunkProcessor:
 
         self.setup = setup
         self.tok = Tokenizer.from_str(setup.tokenizer_json)
-        self.encoder = WordCachedEncoder(self.tok)
         self.bos, self.eos = self.tok.token_to_id("<|bos|>"), self.tok.token_to_id("<|eos|>")
         self.hasher = MinHasher(setup.dedup) if setup.dedup.near else None
 
@@ -106,7 +104,7 @@ class ChunkProcessor:
         return result
 
     def _tokenize(self, result: ChunkResult, texts: list[str], index: np.ndarray) -> None:
-        encoded = self.encoder.encode_batch(texts)
+        encoded = [np.asarray(e.ids, np.uint32) for e in self.tok.encode_batch_fast(texts, add_special_tokens=False)]
         lengths = np.array([len(e) for e in encoded], np.int64)
         body = np.concatenate(encoded) if encoded else np.empty(0, np.uint32)
         f = self.setup.filters
