@@ -67,7 +67,8 @@ class KVCache:
     """Preallocated keys/values for every layer: (layers, B, kv_heads, max_len, head_dim).
 
     Generation writes each new position in place instead of concatenating, so decoding allocates
-    nothing per token. `length` is how many positions are filled.
+    nothing per token. `length` is how many positions are filled. Its dtype may be wider than the
+    model's: attention then runs in that dtype (the engine keeps a bf16 model's cache in fp32 on CPU).
     """
 
     k: torch.Tensor
@@ -112,11 +113,12 @@ class Attention(nn.Module):
             cache.v[layer, :, :, start : start + T] = v
             k = cache.k[layer, :, :, : start + T]
             v = cache.v[layer, :, :, : start + T]
+            q = q.to(k.dtype)  # the cache may be kept wider than the weights (see KVCache)
         if mask is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=self.n_kv != self.n_heads)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv != self.n_heads)
-        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1).to(x.dtype))
 
 
 class MLP(nn.Module):
