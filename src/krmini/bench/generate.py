@@ -147,7 +147,7 @@ def llama_cpp_variants(model: LlamaModel, vocab, threads: int, workdir: Path) ->
 
 def build_variants(model: LlamaModel, with_hf: bool) -> dict[str, dict]:
     """name → {"model", "kind" (ours|hf), "dtype", "weights" (bytes read per token), "disk"} built from one
-    fp32 model; ours are packed for decoding as `krmini generate` packs them."""
+    fp32 model; ours are fused for decoding as `krmini generate` fuses them."""
     model = model.float().eval()
     variants = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
@@ -199,7 +199,8 @@ def run_benchmark(model: LlamaModel, label: str, threads: int, new_tokens: int, 
     for name, v in variants.items():
         row = {k: None if samples[name][0][k] is None else statistics.median(s[k] for s in samples[name])
                for k in samples[name][0]}
-        elem = 4 if v["dtype"] == "fp32" else 2
+        # ours keeps a bf16 model's cache in fp32 on CPU; llama.cpp's cache is f16
+        elem = 4 if v["dtype"] == "fp32" or v["kind"] == "ours" else 2
         kv = kv_per_token * elem * 8 * (decode_len + new_tokens)
         row.update(dtype=v["dtype"], kind=v["kind"], weights_mb=v["weights"] / 1e6, disk_mb=v["disk"] / 1e6,
                    memory_mb=(v["weights"] + kv) / 1e6, bound_tok_s=bandwidth / v["weights"],
