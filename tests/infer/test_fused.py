@@ -38,6 +38,8 @@ def test_fused_model_computes_what_the_reference_computes(small_model, dtype):
     tolerance = 1e-5 if dtype == torch.float32 else 2e-2  # a stacked matmul may sum in another order
     torch.testing.assert_close(got.float(), want.float(), atol=tolerance, rtol=tolerance)
     assert _tokens(fused) == _tokens(reference)
+    batch = DecodeBatch(fused, PROMPTS, [SamplingConfig(max_new_tokens=2)] * len(PROMPTS))
+    assert batch.cache.k.dtype == torch.float32  # a bf16 model's cache is fp32 on CPU (faster attention)
 
 
 @pytest.mark.skipif(not can_pack(torch.zeros(1, dtype=torch.bfloat16)),

@@ -9,7 +9,7 @@ from krmini.chat.lora import parse_lora_spec
 from krmini.chat.repl import ChatSession, repl
 from krmini.chat.sft import run_sft
 from krmini.device import DTYPES, pick_device
-from krmini.infer.cli import add_sampling_args, sampling_from_args
+from krmini.infer.cli import add_device_args, add_sampling_args, sampling_from_args
 
 
 def register(subparsers) -> None:
@@ -38,9 +38,7 @@ def register(subparsers) -> None:
     c.add_argument("model", metavar="RUN", help="SFT run or checkpoint directory")
     c.add_argument("--adapter", help="LoRA adapter directory to load onto RUN (a base model)")
     c.add_argument("--system", default="", help="system prompt")
-    c.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
-    c.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
-                   help="weights/activations (default: fp32; bf16 halves memory and is faster on most CPUs)")
+    add_device_args(c)
     add_sampling_args(c)
     c.set_defaults(func=run_chat)
 

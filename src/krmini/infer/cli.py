@@ -19,6 +19,13 @@ from krmini.infer.sampling import TRUNCATE_MODES, SamplingConfig
 from krmini.train import checkpoint as ckpt
 
 
+def add_device_args(p) -> None:
+    """--device and --dtype for the commands that generate (generate, chat, serve)."""
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+                   help="weights/activations (default: fp32; bf16 halves memory and is faster on most CPUs)")
+
+
 def add_sampling_args(p) -> None:
     p.add_argument("--max-new-tokens", type=int, default=128,
                    help="tokens to generate, capped at the context (default: 128)")
@@ -48,8 +55,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("model", metavar="RUN_OR_CKPT", help="run directory or checkpoint directory")
     p.add_argument("--prompt", action="append", required=True, help="prompt text; repeat for several prompts")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
-    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="weights/activations (default: fp32)")
+    add_device_args(p)
     add_sampling_args(p)
     p.set_defaults(func=run_generate)
 

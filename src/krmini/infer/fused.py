@@ -32,7 +32,6 @@ class PackedLinear(nn.Module):
 
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
-        self.out_features, self.in_features = weight.shape
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -55,7 +54,7 @@ def linear_for_decoding(weight: torch.Tensor) -> nn.Module:
     """A bias-free linear layer computing x Wᵀ: packed where that helps, plain otherwise."""
     if can_pack(weight):
         return PackedLinear(weight)
-    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device=weight.device, dtype=weight.dtype)
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")  # no throwaway init
     layer.weight = nn.Parameter(weight.detach(), requires_grad=False)
     return layer
 

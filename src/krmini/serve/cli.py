@@ -8,6 +8,7 @@ import sys
 from krmini.chat.load import load_chat_model
 from krmini.device import DTYPES, pick_device
 from krmini.errors import KrminiError
+from krmini.infer.cli import add_device_args
 
 
 def register(subparsers) -> None:
@@ -23,9 +24,7 @@ def register(subparsers) -> None:
     p.add_argument("--api-key", help="require `Authorization: Bearer KEY` on /v1/ requests")
     p.add_argument("--name", help="model id reported by the API (default: the run directory's name)")
     p.add_argument("--max-tokens", type=int, default=256, help="reply length when a request gives none")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
-    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
-                   help="weights/activations (default: fp32; bf16 halves memory and is faster on most CPUs)")
+    add_device_args(p)
     p.set_defaults(func=run)
 
 
