@@ -57,10 +57,10 @@ def test_cached_decode_matches_full_recompute(small_model):
 
 def test_decode_step_reuses_the_preallocated_cache(small_model):
     batch = DecodeBatch(small_model, [[1, 2, 3], [4, 5]], [GREEDY, GREEDY])
-    k_ptr = batch.cache.k.data_ptr()
+    k_ptr = batch.cache.k[0].data_ptr()
     for _ in range(5):
         batch.step()
-    assert batch.cache.k.data_ptr() == k_ptr and batch.cache.length == 3 + 4
+    assert batch.cache.k[0].data_ptr() == k_ptr and batch.cache.length == 3 + 4
     assert isinstance(batch.cache, KVCache) and batch.cache.max_len == 3 + 12
 
 

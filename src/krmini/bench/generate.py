@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import save_file
 
 from krmini.errors import KrminiError
+from krmini.infer.compiled import CompiledDecoder
 from krmini.infer.engine import DecodeBatch
 from krmini.infer.fused import fuse_for_decoding
 from krmini.infer.quantize import int8_tensors, quantize_model
@@ -63,10 +64,11 @@ def _weight_bytes(model: torch.nn.Module) -> int:
     return total - rope
 
 
-def _ours(model: LlamaModel, prompts: list[list[int]], new_tokens: int) -> tuple[float, float]:
+def _ours(variant: dict, prompts: list[list[int]], new_tokens: int) -> tuple[float, float]:
     """(seconds to the first token, seconds for the remaining new_tokens - 1 steps)."""
     start = time.perf_counter()
-    batch = DecodeBatch(model, prompts, [SamplingConfig(max_new_tokens=new_tokens, **GREEDY)] * len(prompts))
+    batch = DecodeBatch(variant["model"], prompts, [SamplingConfig(max_new_tokens=new_tokens, **GREEDY)] * len(prompts),
+                        decoder=variant.get("decoder"))
     batch.step()
     first = time.perf_counter()
     while batch.running:
@@ -74,7 +76,8 @@ def _ours(model: LlamaModel, prompts: list[list[int]], new_tokens: int) -> tuple
     return first - start, time.perf_counter() - first
 
 
-def _hf(hf, prompts: list[list[int]], new_tokens: int) -> tuple[float, float]:
+def _hf(variant: dict, prompts: list[list[int]], new_tokens: int) -> tuple[float, float]:
+    hf = variant["model"]
     ids = torch.tensor(prompts)
     mask = torch.ones_like(ids)
     with torch.inference_mode():
@@ -86,9 +89,9 @@ def _hf(hf, prompts: list[list[int]], new_tokens: int) -> tuple[float, float]:
     return first - start, max((end - first) - (first - start), 1e-9)
 
 
-def _llama_cpp(llm, prompts: list[list[int]], new_tokens: int) -> tuple[float, float]:
+def _llama_cpp(variant: dict, prompts: list[list[int]], new_tokens: int) -> tuple[float, float]:
     """The same timing split through llama-cpp-python's greedy `generate` (one sequence)."""
-    (prompt,) = prompts
+    (prompt,), llm = prompts, variant["model"]
     start = time.perf_counter()
     first = None
     for n, _ in enumerate(llm.generate(prompt, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True), 1):
@@ -102,12 +105,13 @@ def _llama_cpp(llm, prompts: list[list[int]], new_tokens: int) -> tuple[float, f
 RUNNERS = {"ours": _ours, "hf": _hf, "llama.cpp": _llama_cpp}
 
 
-def _measure(kind: str, model, prefill_ids: list[int], decode_ids: list[list[int]], new_tokens: int) -> dict:
+def _measure(variant: dict, prefill_ids: list[int], decode_ids: list[list[int]], new_tokens: int) -> dict:
+    kind = variant["kind"]
     run = RUNNERS[kind]
-    ttft, _ = run(model, [prefill_ids], 1)
+    ttft, _ = run(variant, [prefill_ids], 1)
     out = {"ttft_ms": ttft * 1e3, "prefill_tok_s": len(prefill_ids) / ttft, "decode_b8_tok_s": None}
     for b in (1,) if kind == "llama.cpp" else (1, 8):
-        _, rest = run(model, decode_ids[:b], new_tokens)
+        _, rest = run(variant, decode_ids[:b], new_tokens)
         out[f"decode_b{b}_tok_s"] = b * (new_tokens - 1) / rest
     return out
 
@@ -145,9 +149,10 @@ def llama_cpp_variants(model: LlamaModel, vocab, threads: int, workdir: Path) ->
     return variants
 
 
-def build_variants(model: LlamaModel, with_hf: bool) -> dict[str, dict]:
+def build_variants(model: LlamaModel, with_hf: bool, compiled: bool) -> dict[str, dict]:
     """name → {"model", "kind" (ours|hf), "dtype", "weights" (bytes read per token), "disk"} built from one
-    fp32 model; ours are fused for decoding as `krmini generate` fuses them."""
+    fp32 model; ours are fused for decoding as `krmini generate` fuses them, and with `compiled` each
+    of ours also runs with its decode step compiled (`"decoder"`, `krmini generate --compile`)."""
     model = model.float().eval()
     variants = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
@@ -165,11 +170,25 @@ def build_variants(model: LlamaModel, with_hf: bool) -> dict[str, dict]:
     q = quantize_model(copy.deepcopy(model)).to(torch.bfloat16)
     variants["ours-int8"] = {"model": q, "kind": "ours", "dtype": "int8", "disk": _disk_bytes(int8_tensors(q)),
                              "weights": _weight_bytes(q)}
+    if compiled:
+        for dtype in ("fp32", "bf16", "int8"):
+            plain = variants[f"ours-{dtype}"]
+            variants[f"ours-{dtype}-compile"] = plain | {"decoder": CompiledDecoder(plain["model"])}
     return variants
 
 
+def compile_decoders(variants: dict[str, dict], decode_ids: list[list[int]], new_tokens: int) -> None:
+    """Compile every decoder for the batch-1 and batch-8 shapes before timing; record the seconds."""
+    for v in variants.values():
+        if "decoder" in v:
+            start = time.perf_counter()
+            for b in (1, 8):
+                _ours(v, decode_ids[:b], min(3, new_tokens))
+            v["compile_s"] = time.perf_counter() - start
+
+
 def run_benchmark(model: LlamaModel, label: str, threads: int, new_tokens: int, prompt_tokens: int,
-                  repeats: int, with_hf: bool, gguf_vocab=None, bandwidth_mb: int = 512) -> dict:
+                  repeats: int, with_hf: bool, gguf_vocab=None, bandwidth_mb: int = 512, compiled: bool = True) -> dict:
     """`gguf_vocab`: the vocabulary for the llama.cpp rows (None: no llama.cpp rows)."""
     torch.set_num_threads(threads)
     cfg = model.config
@@ -186,14 +205,15 @@ def run_benchmark(model: LlamaModel, label: str, threads: int, new_tokens: int, 
     decode_ids = torch.randint(vocab.start, vocab.stop, (8, decode_len), generator=gen).tolist()
 
     bandwidth = memory_bandwidth(bandwidth_mb)
-    variants = build_variants(model, with_hf)
+    variants = build_variants(model, with_hf, compiled)
+    compile_decoders(variants, decode_ids, new_tokens)
     with tempfile.TemporaryDirectory() as tmp:
         if gguf_vocab is not None:
             variants |= llama_cpp_variants(model, gguf_vocab, threads, Path(tmp))
         samples: dict[str, list[dict]] = {name: [] for name in variants}
         for _ in range(repeats):
             for name, v in variants.items():  # every engine and precision once per repeat: interleaved
-                samples[name].append(_measure(v["kind"], v["model"], prefill_ids, decode_ids, new_tokens))
+                samples[name].append(_measure(v, prefill_ids, decode_ids, new_tokens))
     kv_per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim
     rows = {}
     for name, v in variants.items():
@@ -204,16 +224,17 @@ def run_benchmark(model: LlamaModel, label: str, threads: int, new_tokens: int, 
         kv = kv_per_token * elem * 8 * (decode_len + new_tokens)
         row.update(dtype=v["dtype"], kind=v["kind"], weights_mb=v["weights"] / 1e6, disk_mb=v["disk"] / 1e6,
                    memory_mb=(v["weights"] + kv) / 1e6, bound_tok_s=bandwidth / v["weights"],
-                   decode_b1_runs=[round(s["decode_b1_tok_s"], 1) for s in samples[name]])
+                   decode_b1_runs=[round(s["decode_b1_tok_s"], 1) for s in samples[name]], compile_s=v.get("compile_s"))
         row["of_bound"] = row["decode_b1_tok_s"] / row["bound_tok_s"]
         rows[name] = row
-    ratios = {}
+    ratios = {}  # "hf bf16": ours-bf16 over hf-bf16; "hf bf16 compiled": ours-bf16-compile over it
     for engine in ("hf", "llama.cpp"):
         for dtype in ("fp32", "bf16", "int8"):
-            if f"{engine}-{dtype}" in rows:
-                ours, other = rows[f"ours-{dtype}"], rows[f"{engine}-{dtype}"]
-                ratios[f"{engine} {dtype}"] = {k: ours[k] / other[k] for k in ("prefill_tok_s", "decode_b1_tok_s",
-                                                                               "decode_b8_tok_s") if other[k]}
+            for suffix, tag in (("", ""), ("-compile", " compiled")):
+                if f"{engine}-{dtype}" in rows and f"ours-{dtype}{suffix}" in rows:
+                    ours, other = rows[f"ours-{dtype}{suffix}"], rows[f"{engine}-{dtype}"]
+                    ratios[f"{engine} {dtype}{tag}"] = {k: ours[k] / other[k] for k in (
+                        "prefill_tok_s", "decode_b1_tok_s", "decode_b8_tok_s") if other[k]}
     return {"model": label, "parameters": model.num_parameters(), "config": vars(cfg).copy(), "threads": threads,
             "new_tokens": new_tokens, "prefill_tokens": prefill_len, "decode_prompt_tokens": decode_len,
             "repeats": repeats, "bandwidth_gb_s": bandwidth / 1e9, "results": rows, "ours_over": ratios,
@@ -238,14 +259,18 @@ def format_table(r: dict) -> str:
     lines = [f"{r['model']}: {r['parameters'] / 1e6:.2f}M parameters, {r['threads']} threads, "
              f"prefill {r['prefill_tokens']} tokens, decode {r['new_tokens']} new tokens after "
              f"{r['decode_prompt_tokens']}, median of {r['repeats']}; memory bandwidth {r['bandwidth_gb_s']:.1f} GB/s",
-             f"{'engine':<15}{'prefill t/s':>12}{'TTFT ms':>9}{'decode b1':>10}{'decode b8':>10}"
+             f"{'engine':<19}{'prefill t/s':>12}{'TTFT ms':>9}{'decode b1':>10}{'decode b8':>10}"
              f"{'bound b1':>9}{'of bound':>9}{'mem MB':>8}{'disk MB':>8}"]
     for name, x in r["results"].items():
         b8 = "—" if x["decode_b8_tok_s"] is None else f"{x['decode_b8_tok_s']:.1f}"
-        lines.append(f"{name:<15}{x['prefill_tok_s']:>12,.0f}{x['ttft_ms']:>9.1f}{x['decode_b1_tok_s']:>10.1f}"
+        lines.append(f"{name:<19}{x['prefill_tok_s']:>12,.0f}{x['ttft_ms']:>9.1f}{x['decode_b1_tok_s']:>10.1f}"
                      f"{b8:>10}{x['bound_tok_s']:>9.0f}{x['of_bound']:>9.0%}{x['memory_mb']:>8.1f}{x['disk_mb']:>8.1f}")
+    compiles = [f"{name} {x['compile_s']:.1f} s" for name, x in r["results"].items() if x.get("compile_s")]
+    if compiles:
+        lines.append("compile time (batch 1 and 8, not in the figures above): " + ", ".join(compiles))
     for other, ratio in r["ours_over"].items():
-        lines.append(f"ours / {other}: " + ", ".join(f"{k.removesuffix('_tok_s').replace('_', ' ')} {v:.2f}x"
+        ours = "ours compiled" if other.endswith(" compiled") else "ours"
+        lines.append(f"{ours} / {other.removesuffix(' compiled')}: " + ", ".join(f"{k.removesuffix('_tok_s').replace('_', ' ')} {v:.2f}x"
                                                     for k, v in ratio.items()))
     return "\n".join(lines)
 
@@ -286,6 +311,7 @@ def register(subparsers) -> None:
     p.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported")
     p.add_argument("--no-hf", action="store_true", help="skip the transformers comparison")
     p.add_argument("--no-llama-cpp", action="store_true", help="skip the llama.cpp comparison")
+    p.add_argument("--no-compile", action="store_true", help="skip our rows with the decode step compiled")
     p.add_argument("--profile", action="store_true", help="also print the top ops of a bf16 decode step")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=run)
@@ -296,7 +322,7 @@ def run(args) -> int:
         raise KrminiError("--threads and --repeats: expected >= 1")
     model, label, gguf_vocab = _model_from_args(args)
     results = run_benchmark(model, label, args.threads, args.new_tokens, args.prompt_tokens, args.repeats,
-                            not args.no_hf, gguf_vocab)
+                            not args.no_hf, gguf_vocab, compiled=not args.no_compile)
     print(format_table(results))
     if args.profile:
         results["profile_bf16_decode"] = profile_decode_step(fuse_for_decoding(copy.deepcopy(model).to(torch.bfloat16)))

@@ -9,7 +9,7 @@ from krmini.chat.lora import parse_lora_spec
 from krmini.chat.repl import ChatSession, repl
 from krmini.chat.sft import run_sft
 from krmini.device import DTYPES, pick_device
-from krmini.infer.cli import add_device_args, add_sampling_args, sampling_from_args
+from krmini.infer.cli import add_device_args, add_sampling_args, decoder_from_args, sampling_from_args
 
 
 def register(subparsers) -> None:
@@ -55,5 +55,6 @@ def run_sft_command(args) -> int:
 
 def run_chat(args) -> int:
     loaded = load_chat_model(args.model, pick_device(args.device), args.adapter, DTYPES[args.dtype])
-    repl(ChatSession(loaded, sampling_from_args(args), system=args.system))
+    repl(ChatSession(loaded, sampling_from_args(args), system=args.system,
+                     decoder=decoder_from_args(args, loaded.model)))
     return 0

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 
 from krmini.chat.template import fit_history, prompt_ids, stop_ids
 from krmini.errors import KrminiError
+from krmini.infer.compiled import CompiledDecoder
 from krmini.infer.generate import SamplingConfig, TextStream, generate_ids
 from krmini.infer.load import LoadedModel
 
@@ -33,6 +34,7 @@ class ChatSession:
     sampling: SamplingConfig
     system: str = ""
     history: list[dict] = field(default_factory=list)
+    decoder: CompiledDecoder | None = None  # decode through torch.compile (`--compile`)
 
     def messages(self) -> list[dict]:
         return ([{"role": "system", "content": self.system}] if self.system else []) + self.history
@@ -51,7 +53,7 @@ class ChatSession:
             raise KrminiError(f"message: {len(ids)} tokens with the system prompt, more than the "
                               f"{context}-token context; send a shorter message")
         stream, pieces = TextStream(tokenizer), []
-        for tid in generate_ids(self.loaded.model, ids, self.sampling, stop_ids(tokenizer)):
+        for tid in generate_ids(self.loaded.model, ids, self.sampling, stop_ids(tokenizer), self.decoder):
             piece = stream.push(tid)
             if piece:
                 pieces.append(piece)

@@ -11,6 +11,7 @@ import torch
 from krmini.config import from_dict
 from krmini.device import DTYPES, pick_device
 from krmini.errors import KrminiError
+from krmini.infer.compiled import CompiledDecoder
 from krmini.infer.engine import Engine
 from krmini.infer.fused import fuse_for_decoding
 from krmini.infer.load import load_model
@@ -20,10 +21,20 @@ from krmini.train import checkpoint as ckpt
 
 
 def add_device_args(p) -> None:
-    """--device and --dtype for the commands that generate (generate, chat, serve)."""
+    """--device, --dtype and --compile for the commands that generate (generate, chat, serve)."""
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
                    help="weights/activations (default: fp32; bf16 halves memory and is faster on most CPUs)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the decode step: faster tokens after a 10-20 s compile (CPU, CUDA)")
+
+
+def decoder_from_args(args, model) -> CompiledDecoder | None:
+    if not args.compile:
+        return None
+    print("--compile: the decode step compiles on first use (10-20 s on a CPU, less once cached)",
+          file=sys.stderr, flush=True)
+    return CompiledDecoder(model)
 
 
 def add_sampling_args(p) -> None:
@@ -74,7 +85,8 @@ def register(subparsers) -> None:
 def run_generate(args) -> int:
     loaded = load_model(args.model, pick_device(args.device), DTYPES[args.dtype])
     cfg = sampling_from_args(args)
-    engine = Engine(fuse_for_decoding(loaded.model), loaded.tokenizer)
+    model = fuse_for_decoding(loaded.model)
+    engine = Engine(model, loaded.tokenizer, decoder=decoder_from_args(args, model))
     if len(args.prompt) == 1:
         sys.stdout.write(args.prompt[0])
         for piece in engine.stream(args.prompt[0], cfg):

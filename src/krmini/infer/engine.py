@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from krmini.errors import KrminiError
+from krmini.infer.compiled import CompiledDecoder, cache_length
 from krmini.infer.sampling import SamplingConfig, apply_penalties, sample_next
 from krmini.infer.textstream import StopStrings, TextStream
 from krmini.model import KVCache, LlamaModel
@@ -57,10 +58,10 @@ class DecodeBatch:
     """
 
     def __init__(self, model: LlamaModel, prompts: list[list[int]], cfgs: list[SamplingConfig],
-                 stop_ids: frozenset[int] | set[int] = frozenset()) -> None:
+                 stop_ids: frozenset[int] | set[int] = frozenset(), decoder: CompiledDecoder | None = None) -> None:
         for cfg in cfgs:
             cfg.validate()
-        self.model, self.cfgs, self.stop_ids = model, cfgs, stop_ids
+        self.model, self.cfgs, self.stop_ids, self.decoder = model, cfgs, stop_ids, decoder
         context = model.config.max_position_embeddings
         device = model.model.norm.weight.device
         dtype = kv_cache_dtype(model.model.norm.weight.dtype, device)
@@ -73,10 +74,12 @@ class DecodeBatch:
         for i, p in enumerate(prompts):
             padded[i, width - len(p):] = torch.tensor(p, device=device)
         self.padded = bool((lengths != width).any())
-        cache = KVCache.empty(model.config, len(prompts), width + total, device, dtype)
+        size = width + total if decoder is None else cache_length(width + total, context)
+        cache = KVCache.empty(model.config, len(prompts), size, device, dtype)
         with torch.inference_mode():
+            key_ok = torch.ones(len(prompts), size, dtype=torch.bool, device=device)
             if self.padded:
-                slots = torch.arange(width + total, device=device)
+                slots = torch.arange(size, device=device)
                 pad = (width - lengths)[:, None]
                 key_ok = slots[None, :] >= pad  # (R, S): False on pad slots
                 causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
@@ -98,13 +101,13 @@ class DecodeBatch:
             start += n
         if start != len(prompts):  # n > 1 somewhere: the samples share their prompt's prefill
             index = torch.tensor(self.row_request, device=device)
-            cache = KVCache(cache.k.index_select(1, index), cache.v.index_select(1, index), cache.length)
+            cache = KVCache([k.index_select(0, index) for k in cache.k], [v.index_select(0, index) for v in cache.v],
+                            cache.length)
             logits = logits.index_select(0, index)
             lengths = lengths.index_select(0, index)
-            if self.padded:
-                key_ok = key_ok.index_select(0, index)
+            key_ok = key_ok.index_select(0, index)
         self.steps_left = [self.steps_left[r] for r in self.row_request]
-        self.cache, self.logits = cache, logits
+        self.cache, self.logits, self.key_ok = cache, logits, key_ok
         if self.padded:
             self.key_mask = key_ok[:, None, None, :]  # (B, 1, 1, S), sliced per step
             # Rows that finished early keep being fed (static batch); clamp so they stay in the RoPE table.
@@ -133,6 +136,13 @@ class DecodeBatch:
 
     @torch.inference_mode()
     def _forward(self, tokens: torch.Tensor) -> None:
+        if self.decoder is not None:
+            if self.padded:
+                positions = self.positions[:, self.step_index - 1 : self.step_index]
+            else:
+                positions = torch.full_like(tokens[:, None], self.cache.length)
+            self.logits = self.decoder(tokens[:, None], positions, self.key_ok, self.cache)
+            return
         if self.padded:
             end = self.cache.length + 1
             i = self.step_index - 1
@@ -202,11 +212,14 @@ class Completion:
 
 
 class Engine:
-    """Text in, text out, for one model and its tokenizer. Stops at `<|eos|>` and `<|end|>`."""
+    """Text in, text out, for one model and its tokenizer. Stops at `<|eos|>` and `<|end|>`.
+
+    With a `decoder` (`CompiledDecoder` of the same model), decode steps run compiled.
+    """
 
     def __init__(self, model: LlamaModel, tokenizer: KoTokenizer, add_bos: bool = True,
-                 stop_ids: set[int] | None = None) -> None:
-        self.model, self.tokenizer, self.add_bos = model, tokenizer, add_bos
+                 stop_ids: set[int] | None = None, decoder: CompiledDecoder | None = None) -> None:
+        self.model, self.tokenizer, self.add_bos, self.decoder = model, tokenizer, add_bos, decoder
         self.stop_ids = frozenset(stop_ids or {tokenizer.eos_id, tokenizer.token_id("<|end|>")})
 
     def prompt_ids(self, prompt: Prompt, cfg: SamplingConfig) -> list[int]:
@@ -228,7 +241,7 @@ class Engine:
         for _, cfg in requests:
             cfg.validate()
         prompts = [self.prompt_ids(p, c) for p, c in requests]
-        batch = DecodeBatch(self.model, prompts, [c for _, c in requests], self.stop_ids)
+        batch = DecodeBatch(self.model, prompts, [c for _, c in requests], self.stop_ids, self.decoder)
         rows = [(r, s) for r, (_, c) in enumerate(requests) for s in range(c.n)]
         texts = [TextStream(self.tokenizer) for _ in rows]
         stops = [StopStrings(requests[r][1].stop) for r, _ in rows]

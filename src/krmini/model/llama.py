@@ -64,25 +64,36 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 @dataclass
 class KVCache:
-    """Preallocated keys/values for every layer: (layers, B, kv_heads, max_len, head_dim).
+    """Preallocated keys/values, one (B, kv_heads, max_len, head_dim) tensor per layer.
 
     Generation writes each new position in place instead of concatenating, so decoding allocates
     nothing per token. `length` is how many positions are filled. Its dtype may be wider than the
     model's: attention then runs in that dtype (the engine keeps a bf16 model's cache in fp32 on CPU).
+    Separate tensors per layer (not one stacked tensor) let a compiled decode step write each of them
+    in place (see `krmini.infer.compiled`).
     """
 
-    k: torch.Tensor
-    v: torch.Tensor
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
     length: int = 0
 
     @classmethod
     def empty(cls, config: ModelConfig, batch: int, max_len: int, device, dtype) -> KVCache:
-        shape = (config.num_hidden_layers, batch, config.num_key_value_heads, max_len, config.head_dim)
-        return cls(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+        shape = (batch, config.num_key_value_heads, max_len, config.head_dim)
+        layers = range(config.num_hidden_layers)
+        return cls([torch.zeros(shape, device=device, dtype=dtype) for _ in layers],
+                   [torch.zeros(shape, device=device, dtype=dtype) for _ in layers])
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[3]
+        return self.k[0].shape[2]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, kv_heads, T, head_dim) after the filled positions; return every filled one."""
+        end = self.length + k.shape[2]
+        self.k[layer][:, :, self.length : end] = k
+        self.v[layer][:, :, self.length : end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
 class Attention(nn.Module):
@@ -108,11 +119,7 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         q, k, v = self.project(x, cos, sin)
         if cache is not None:
-            start = cache.length
-            cache.k[layer, :, :, start : start + T] = k
-            cache.v[layer, :, :, start : start + T] = v
-            k = cache.k[layer, :, :, : start + T]
-            v = cache.v[layer, :, :, : start + T]
+            k, v = cache.update(layer, k, v)
             q = q.to(k.dtype)  # the cache may be kept wider than the weights (see KVCache)
         if mask is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=self.n_kv != self.n_heads)

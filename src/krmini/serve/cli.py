@@ -8,7 +8,7 @@ import sys
 from krmini.chat.load import load_chat_model
 from krmini.device import DTYPES, pick_device
 from krmini.errors import KrminiError
-from krmini.infer.cli import add_device_args
+from krmini.infer.cli import add_device_args, decoder_from_args
 
 
 def register(subparsers) -> None:
@@ -48,7 +48,7 @@ def run(args) -> int:
     loaded = load_chat_model(args.model, pick_device(args.device), args.adapter, DTYPES[args.dtype])
     name = args.name or loaded.path.parent.parent.name
     # every reply ends at <|end|>, EOS or a new role token; plain completions stop there too
-    engine = Engine(loaded, stop_ids(loaded.tokenizer))
+    engine = Engine(loaded, stop_ids(loaded.tokenizer), decoder=decoder_from_args(args, loaded.model))
     app = create_app(engine, name, args.api_key, args.max_tokens)
     print(f"krmini serve: {name} on http://{args.host}:{args.port}/ (API: /v1/chat/completions)", flush=True)
     try:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from krmini.errors import KrminiError
+from krmini.infer.compiled import CompiledDecoder
 from krmini.infer.engine import Engine as InferenceEngine
 from krmini.infer.load import LoadedModel
 from krmini.infer.sampling import SamplingConfig
@@ -37,9 +38,10 @@ class Job:
 
 
 class Engine:
-    def __init__(self, loaded: LoadedModel, stop_ids: set[int], max_batch: int = 16) -> None:
+    def __init__(self, loaded: LoadedModel, stop_ids: set[int], max_batch: int = 16,
+                 decoder: CompiledDecoder | None = None) -> None:
         self.loaded = loaded
-        self.core = InferenceEngine(loaded.model, loaded.tokenizer, stop_ids=stop_ids)
+        self.core = InferenceEngine(loaded.model, loaded.tokenizer, stop_ids=stop_ids, decoder=decoder)
         self.max_batch = max_batch
         self.queue: queue.Queue[Job | None] = queue.Queue()
         self.thread = threading.Thread(target=self._serve, name="krmini-engine", daemon=True)

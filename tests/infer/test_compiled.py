@@ -1,0 +1,53 @@
+"""The compiled decode step: the eager engine's tokens, from a fixed-size cache with a tensor write slot."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch._inductor.config
+
+from krmini.infer.compiled import CompiledDecoder, cache_length
+from krmini.infer.engine import DecodeBatch
+from krmini.infer.fused import fuse_for_decoding
+from krmini.infer.sampling import SamplingConfig
+
+PROMPTS = [[5, 17, 42], [7, 99, 3, 250, 11, 8, 9], [31]]  # a left-padded batch of different lengths
+
+
+def _run(model, prompts, decoder=None, new_tokens=12):
+    batch = DecodeBatch(model, prompts, [SamplingConfig(max_new_tokens=new_tokens, temperature=0)] * len(prompts),
+                        decoder=decoder)
+    out = [[] for _ in prompts]
+    while batch.running:
+        for row, tid, _ in batch.step():
+            out[row].append(tid)
+    return out, batch
+
+
+@pytest.fixture(scope="module")
+def compiled(small_model):
+    model = fuse_for_decoding(copy.deepcopy(small_model))
+    return model, CompiledDecoder(model)
+
+
+def test_cache_length_rounds_up_to_a_bucket_within_the_context():
+    assert cache_length(1, 2048) == 256 and cache_length(256, 2048) == 256 and cache_length(257, 2048) == 512
+    assert cache_length(1900, 2048) == 2048 and cache_length(30, 48) == 48
+
+
+def test_compiled_decoding_gives_the_eager_tokens(compiled):
+    model, decoder = compiled
+    want, _ = _run(model, [PROMPTS[1]])
+    got, batch = _run(model, [PROMPTS[1]], decoder)
+    assert got == want and len(got[0]) == 12
+    # the cache is the bucketed size (here the whole 48-token context) and holds prompt + new tokens
+    assert batch.cache.max_len == 48 and batch.cache.length == 7 + 11
+    assert torch._inductor.config.freezing is False  # frozen weights only inside the decoder's own graph
+
+
+def test_compiled_decoding_of_a_padded_batch_matches_rows_run_alone(compiled, small_model):
+    model, decoder = compiled
+    got, _ = _run(model, PROMPTS, decoder)
+    assert got == [_run(small_model, [p])[0][0] for p in PROMPTS]
