@@ -149,10 +149,10 @@ def llama_cpp_variants(model: LlamaModel, vocab, threads: int, workdir: Path) ->
     return variants
 
 
-def build_variants(model: LlamaModel, with_hf: bool, compiled: bool) -> dict[str, dict]:
+def build_variants(model: LlamaModel, with_hf: bool, compiled: tuple[str, ...]) -> dict[str, dict]:
     """name → {"model", "kind" (ours|hf), "dtype", "weights" (bytes read per token), "disk"} built from one
-    fp32 model; ours are fused for decoding as `krmini generate` fuses them, and with `compiled` each
-    of ours also runs with its decode step compiled (`"decoder"`, `krmini generate --compile`)."""
+    fp32 model; ours are fused for decoding as `krmini generate` fuses them, and ours of the dtypes in
+    `compiled` also run with the decode step compiled (`"decoder"`, `krmini generate --compile`)."""
     model = model.float().eval()
     variants = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
@@ -170,10 +170,9 @@ def build_variants(model: LlamaModel, with_hf: bool, compiled: bool) -> dict[str
     q = quantize_model(copy.deepcopy(model)).to(torch.bfloat16)
     variants["ours-int8"] = {"model": q, "kind": "ours", "dtype": "int8", "disk": _disk_bytes(int8_tensors(q)),
                              "weights": _weight_bytes(q)}
-    if compiled:
-        for dtype in ("fp32", "bf16", "int8"):
-            plain = variants[f"ours-{dtype}"]
-            variants[f"ours-{dtype}-compile"] = plain | {"decoder": CompiledDecoder(plain["model"])}
+    for dtype in compiled:
+        plain = variants[f"ours-{dtype}"]
+        variants[f"ours-{dtype}-compile"] = plain | {"decoder": CompiledDecoder(plain["model"])}
     return variants
 
 
@@ -188,7 +187,8 @@ def compile_decoders(variants: dict[str, dict], decode_ids: list[list[int]], new
 
 
 def run_benchmark(model: LlamaModel, label: str, threads: int, new_tokens: int, prompt_tokens: int,
-                  repeats: int, with_hf: bool, gguf_vocab=None, bandwidth_mb: int = 512, compiled: bool = True) -> dict:
+                  repeats: int, with_hf: bool, gguf_vocab=None, bandwidth_mb: int = 512,
+                  compiled: tuple[str, ...] = ("fp32", "bf16", "int8")) -> dict:
     """`gguf_vocab`: the vocabulary for the llama.cpp rows (None: no llama.cpp rows)."""
     torch.set_num_threads(threads)
     cfg = model.config
@@ -322,7 +322,7 @@ def run(args) -> int:
         raise KrminiError("--threads and --repeats: expected >= 1")
     model, label, gguf_vocab = _model_from_args(args)
     results = run_benchmark(model, label, args.threads, args.new_tokens, args.prompt_tokens, args.repeats,
-                            not args.no_hf, gguf_vocab, compiled=not args.no_compile)
+                            not args.no_hf, gguf_vocab, compiled=() if args.no_compile else ("fp32", "bf16", "int8"))
     print(format_table(results))
     if args.profile:
         results["profile_bf16_decode"] = profile_decode_step(fuse_for_decoding(copy.deepcopy(model).to(torch.bfloat16)))

@@ -23,6 +23,9 @@ import torch._inductor.config
 from krmini.model import KVCache, LlamaModel
 
 CACHE_BUCKET = 256  # cache lengths are multiples of this (capped at the context)
+# On CPU, let Inductor's autotuner pick its own C++ micro-GEMM where it beats the oneDNN call: for a
+# single row against a small matrix the call's fixed cost dominates (2-5 µs against ~20 µs).
+CPU_GEMM = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
 
 
 def cache_length(needed: int, context: int) -> int:
@@ -66,16 +69,19 @@ class CompiledDecoder:
 
     def __init__(self, model: LlamaModel) -> None:
         self._step = torch.compile(functools.partial(_decode_step, model), fullgraph=True)
-        # Inductor reads `freezing` from its global config when it compiles (in torch 2.13 the
-        # `options=` route does not reach the freezing pass); a scoped patch keeps it off for any
-        # other graph in the process, such as a training run's evaluation.
-        self._freezing = torch._inductor.config.patch(freezing=True)
+        options = {"freezing": True}
+        if model.rope_cos.device.type == "cpu":
+            options |= CPU_GEMM
+        # Inductor reads these from its global config when it compiles (in torch 2.13 the `options=`
+        # route does not reach the freezing pass); a scoped patch keeps them off for any other graph
+        # in the process, such as a training run's evaluation.
+        self._config = torch._inductor.config.patch(options)
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, key_ok: torch.Tensor,
                  cache: KVCache) -> torch.Tensor:
         """tokens, positions: (B, 1); key_ok: (B, max_len) False on pad slots. Advances `cache`."""
         slot = torch.tensor([cache.length], device=tokens.device)
-        with torch.inference_mode(), self._freezing:
+        with torch.inference_mode(), self._config:
             logits = self._step(tokens, positions, slot, key_ok, cache.k, cache.v)
         cache.length += 1
         return logits
