@@ -25,7 +25,8 @@ from krmini.model import KVCache, LlamaModel
 CACHE_BUCKET = 256  # cache lengths are multiples of this (capped at the context)
 # On CPU, let Inductor's autotuner pick its own C++ micro-GEMM where it beats the oneDNN call: for a
 # single row against a small matrix the call's fixed cost dominates (2-5 µs against ~20 µs).
-CPU_GEMM = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
+CPU_GEMM = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN",
+            "autotune_num_choices_displayed": 0, "max_autotune_report_choices_stats": False}  # quiet
 
 
 def cache_length(needed: int, context: int) -> int:
