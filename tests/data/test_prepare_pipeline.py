@@ -172,3 +172,21 @@ def test_dry_run_prints_table_and_examples_and_writes_nothing(tmp_path, tokenize
     assert "같은 줄이 계속 반복됩니다 ⏎ 같은 줄이" in out
     assert f"≈ {path}:1" in out  # the near duplicate points at the document it copies
     assert list(tmp_path.iterdir()) == [path]
+
+
+def test_workers_tokenize_as_the_tokenizer_does_after_cleaning(tokenizer_dir):
+    """The workers skip the tokenizer's own NFC pass (clean_text has done it): same ids, also for text
+    written in conjoining jamo."""
+    from krmini.data.clean import clean_text
+    from krmini.data.dedup import DedupConfig
+    from krmini.data.filters import FilterConfig
+    from krmini.data.parallel import ChunkProcessor, WorkerSetup
+
+    tok = KoTokenizer.load(tokenizer_dir)
+    texts = ["대한민국의 헌법은 국민의 권리를 보장한다.", "\u1112\u1161\u11ab\u1100\u1173\u11af 자모로 쓴 글",
+             "서울  2024년\t가격 12,000원!"]
+    setup = WorkerSetup((Path(tokenizer_dir) / "tokenizer.json").read_text(encoding="utf-8"),
+                        FilterConfig(min_hangul_ratio=0.0), DedupConfig(near=False), "uint32")
+    result = ChunkProcessor(setup)(texts, wikitext=False)
+    want = [[tok.bos_id, *tok.encode(clean_text(t)), tok.eos_id] for t in texts]
+    assert result.tokens.tolist() == [i for ids in want for i in ids]

@@ -16,6 +16,7 @@ write position as a tensor (`SlotCache`). The cache is allocated at a bucketed l
 from __future__ import annotations
 
 import functools
+import warnings
 
 import torch
 import torch._inductor.config
@@ -77,6 +78,8 @@ class CompiledDecoder:
         # route does not reach the freezing pass); a scoped patch keeps them off for any other graph
         # in the process, such as a training run's evaluation.
         self._config = torch._inductor.config.patch(options)
+        # torch 2.13's autotuner calls a deprecated storage API; the warning is noise to a user
+        warnings.filterwarnings("ignore", "TypedStorage is deprecated", UserWarning, "torch._inductor")
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, key_ok: torch.Tensor,
                  cache: KVCache) -> torch.Tensor:
