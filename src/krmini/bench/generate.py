@@ -242,11 +242,11 @@ def run_benchmark(model: LlamaModel, label: str, threads: int, new_tokens: int, 
             "torch": torch.__version__}
 
 
-def profile_decode_step(model: LlamaModel, steps: int = 5, rows: int = 15) -> str:
+def profile_decode_step(model: LlamaModel, steps: int = 5, rows: int = 15, decoder: CompiledDecoder | None = None) -> str:
     """torch.profiler table of the top ops over `steps` batch-1 decode steps (after warm-up)."""
     from torch.profiler import profile
 
-    batch = DecodeBatch(model, [list(range(3, 35))], [SamplingConfig(max_new_tokens=64, **GREEDY)])
+    batch = DecodeBatch(model, [list(range(3, 35))], [SamplingConfig(max_new_tokens=64, **GREEDY)], decoder=decoder)
     for _ in range(10):
         batch.step()
     with profile() as prof:
@@ -325,8 +325,12 @@ def run(args) -> int:
                             not args.no_hf, gguf_vocab, compiled=() if args.no_compile else ("fp32", "bf16", "int8"))
     print(format_table(results))
     if args.profile:
-        results["profile_bf16_decode"] = profile_decode_step(fuse_for_decoding(copy.deepcopy(model).to(torch.bfloat16)))
+        bf16 = fuse_for_decoding(copy.deepcopy(model).to(torch.bfloat16))
+        results["profile_bf16_decode"] = profile_decode_step(bf16)
         print(results["profile_bf16_decode"])
+        if not args.no_compile:
+            results["profile_bf16_compiled_decode"] = profile_decode_step(bf16, decoder=CompiledDecoder(bf16))
+            print(results["profile_bf16_compiled_decode"])
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
     return 0

@@ -19,11 +19,13 @@ import functools
 import warnings
 
 import torch
+import torch._dynamo.config
 import torch._inductor.config
 
 from krmini.model import KVCache, LlamaModel
 
 CACHE_BUCKET = 256  # cache lengths are multiples of this (capped at the context)
+RECOMPILE_LIMIT = 64
 # On CPU, let Inductor's autotuner pick its own C++ micro-GEMM where it beats the oneDNN call: for a
 # single row against a small matrix the call's fixed cost dominates (2-5 µs against ~20 µs).
 CPU_GEMM = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN",
@@ -78,6 +80,10 @@ class CompiledDecoder:
         # route does not reach the freezing pass); a scoped patch keeps them off for any other graph
         # in the process, such as a training run's evaluation.
         self._config = torch._inductor.config.patch(options)
+        # Dynamo keeps at most `recompile_limit` (8) graphs of one function, and every model and
+        # new shape is a graph of `_decode_step`: several decoders in one process (the benchmark
+        # has four) would run out, which with fullgraph=True is an error.
+        self._limit = torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT)
         # torch 2.13's autotuner calls a deprecated storage API; the warning is noise to a user
         warnings.filterwarnings("ignore", "TypedStorage is deprecated", UserWarning, "torch._inductor")
 
@@ -85,7 +91,7 @@ class CompiledDecoder:
                  cache: KVCache) -> torch.Tensor:
         """tokens, positions: (B, 1); key_ok: (B, max_len) False on pad slots. Advances `cache`."""
         slot = torch.tensor([cache.length], device=tokens.device)
-        with torch.inference_mode(), self._config:
+        with torch.inference_mode(), self._config, self._limit:
             logits = self._step(tokens, positions, slot, key_ok, cache.k, cache.v)
         cache.length += 1
         return logits
