@@ -26,13 +26,13 @@ def add_device_args(p) -> None:
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
                    help="weights/activations (default: fp32; bf16 halves memory and is faster on most CPUs)")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the decode step: faster tokens after a 10-20 s compile (CPU, CUDA)")
+                   help="torch.compile the decode step: faster tokens after a one-time compile (CPU, CUDA)")
 
 
 def decoder_from_args(args, model) -> CompiledDecoder | None:
     if not args.compile:
         return None
-    print("--compile: the decode step compiles on first use (10-20 s on a CPU, less once cached)",
+    print("--compile: the decode step compiles on first use (30-60 s on a 2-core CPU, ~10 s once cached)",
           file=sys.stderr, flush=True)
     return CompiledDecoder(model)
 
