@@ -76,12 +76,11 @@ class DecodeBatch:
         self.padded = bool((lengths != width).any())
         size = width + total if decoder is None else cache_length(width + total, context)
         cache = KVCache.empty(model.config, len(prompts), size, device, dtype)
+        slots = torch.arange(size, device=device)
+        pad = (width - lengths)[:, None]
+        key_ok = slots[None, :] >= pad  # (R, S): False on pad slots (all True without padding)
         with torch.inference_mode():
-            key_ok = torch.ones(len(prompts), size, dtype=torch.bool, device=device)
             if self.padded:
-                slots = torch.arange(size, device=device)
-                pad = (width - lengths)[:, None]
-                key_ok = slots[None, :] >= pad  # (R, S): False on pad slots
                 causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
                 # A pad query attends to itself only, so its (unused) values stay finite.
                 mask = (causal & key_ok[:, None, :width]) | torch.eye(width, dtype=torch.bool, device=device)
