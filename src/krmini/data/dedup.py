@@ -119,10 +119,7 @@ class NearDuplicateIndex:
     def match_or_add(self, keys: np.ndarray, ordinal: int) -> int | None:
         """The earlier document this one nearly duplicates, or None (and then it is indexed)."""
         listed = keys.tolist()
-        for key in listed:
-            owner = self._owner.get(key)
-            if owner is not None:
-                return owner
-        for key in listed:
-            self._owner[key] = ordinal
+        if not self._owner.keys().isdisjoint(listed):  # rare: look up which key, in band order
+            return next(self._owner[key] for key in listed if key in self._owner)
+        self._owner.update(dict.fromkeys(listed, ordinal))
         return None

@@ -253,6 +253,7 @@ def prepare(inputs: list, tokenizer: KoTokenizer, tokenizer_path: str, out_dir: 
             written = acc.written[si]
             offset = 0
             raw_bytes = 0
+            kept = Counter()  # this chunk's written documents, added to `written` once
             acc.pii.update(documents=res.pii_documents, replacements=res.pii_replacements)
             acc.boilerplate.update(documents=res.boilerplate_documents, chars=res.boilerplate_chars)
             for i, doc in enumerate(docs):
@@ -264,7 +265,6 @@ def prepare(inputs: list, tokenizer: KoTokenizer, tokenizer_path: str, out_dir: 
                 if reason == "other_machine":
                     continue
                 acc.count_read(si, n_raw)
-                where = f"{doc.source}:{doc.line}"
                 note = ""
                 if reason is None:
                     digest = res.digests[i]
@@ -278,12 +278,12 @@ def prepare(inputs: list, tokenizer: KoTokenizer, tokenizer_path: str, out_dir: 
                                 reason = "near_duplicate"
                                 note = f"  ≈ {locations[match]}" if dry_run else ""
                         if dry_run:
-                            locations.append(where)
+                            locations.append(f"{doc.source}:{doc.line}")
                 if reason is None:
                     n = copies(digest, weight)
                     reason = None if n else "sampled_out"
                 if reason is not None:
-                    acc.count_removed(si, reason, n_raw, where, doc.text, note)
+                    acc.count_removed(si, reason, n_raw, f"{doc.source}:{doc.line}", doc.text, note)
                     continue
                 split = split_of(digest, config.val_fraction, config.test_fraction)
                 repeats = n if split == "train" else 1
@@ -294,10 +294,13 @@ def prepare(inputs: list, tokenizer: KoTokenizer, tokenizer_path: str, out_dir: 
                         stats[split].documents += 1
                         stats[split].bytes += res.clean_bytes[i]
                         stats[split].tokens += len(tokens)
-                written.update(unique_documents=1, documents=repeats, bytes=res.clean_bytes[i] * repeats,
-                               tokens=len(tokens) * repeats)
+                kept["unique_documents"] += 1
+                kept["documents"] += repeats
+                kept["bytes"] += res.clean_bytes[i] * repeats
+                kept["tokens"] += len(tokens) * repeats
                 if split == "train":
-                    written["train_tokens"] += len(tokens) * repeats
+                    kept["train_tokens"] += len(tokens) * repeats
+            written.update(kept)
             bar.update(raw_bytes)
     finally:
         bar.close()
