@@ -9,6 +9,7 @@ import torch
 import torch._dynamo.config
 import torch._inductor.config
 
+from krmini.errors import KrminiError
 from krmini.infer.compiled import CompiledDecoder, cache_length
 from krmini.infer.engine import DecodeBatch
 from krmini.infer.fused import fuse_for_decoding
@@ -63,3 +64,11 @@ def test_several_decoders_in_one_process_do_not_exhaust_dynamos_recompile_limit(
         model = fuse_for_decoding(copy.deepcopy(small_model))
         assert _run(model, [PROMPTS[0]], CompiledDecoder(model), new_tokens=3)[0] == _run(model, [PROMPTS[0]],
                                                                                          new_tokens=3)[0]
+
+
+def test_a_failed_compile_is_one_clear_error(small_model, monkeypatch):
+    monkeypatch.setattr("krmini.infer.compiled.CPU_GEMM", {"cpp.cxx": ("/nonexistent/c++",)})  # no C++ compiler
+    model = fuse_for_decoding(copy.deepcopy(small_model))
+    with pytest.raises(KrminiError, match="^--compile: torch.compile could not compile the decode step .*"
+                                          "run without --compile$"):
+        _run(model, [PROMPTS[0]], CompiledDecoder(model), new_tokens=3)

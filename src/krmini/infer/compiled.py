@@ -21,8 +21,10 @@ import warnings
 
 import torch
 import torch._dynamo.config
+import torch._dynamo.exc
 import torch._inductor.config
 
+from krmini.errors import KrminiError
 from krmini.model import KVCache, LlamaModel
 
 CACHE_BUCKET = 256  # cache lengths are multiples of this (capped at the context)
@@ -93,6 +95,11 @@ class CompiledDecoder:
         """tokens, positions: (B, 1); key_ok: (B, max_len) False on pad slots. Advances `cache`."""
         slot = torch.tensor([cache.length], device=tokens.device)
         with torch.inference_mode(), self._config, self._limit:
-            logits = self._step(tokens, positions, slot, key_ok, cache.k, cache.v)
+            try:
+                logits = self._step(tokens, positions, slot, key_ok, cache.k, cache.v)
+            except torch._dynamo.exc.TorchDynamoException as exc:  # e.g. no C++ compiler, an unsupported device
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise KrminiError(f"--compile: torch.compile could not compile the decode step ({reason}); "
+                                  "run without --compile") from None
         cache.length += 1
         return logits
