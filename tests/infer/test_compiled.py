@@ -58,12 +58,12 @@ def test_compiled_decoding_of_a_padded_batch_matches_rows_run_alone(compiled, sm
 def test_several_decoders_in_one_process_do_not_exhaust_dynamos_recompile_limit(small_model, monkeypatch):
     """Every model is a new graph of one function; Dynamo's per-function limit (8 by default, 1 here)
     must not turn the second decoder into an error."""
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
     monkeypatch.setattr("krmini.infer.compiled.CPU_GEMM", {})  # skip the autotuning: this is about graphs
-    for _ in range(2):  # two models: two graphs
-        model = fuse_for_decoding(copy.deepcopy(small_model))
-        assert _run(model, [PROMPTS[0]], CompiledDecoder(model), new_tokens=3)[0] == _run(model, [PROMPTS[0]],
-                                                                                         new_tokens=3)[0]
+    with torch._dynamo.config.patch(recompile_limit=1):  # (the config module does not survive monkeypatch)
+        for _ in range(2):  # two models: two graphs
+            model = fuse_for_decoding(copy.deepcopy(small_model))
+            assert _run(model, [PROMPTS[0]], CompiledDecoder(model), new_tokens=3)[0] == _run(
+                model, [PROMPTS[0]], new_tokens=3)[0]
 
 
 def test_a_failed_compile_is_one_clear_error(small_model, monkeypatch):
