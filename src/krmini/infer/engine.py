@@ -107,11 +107,12 @@ class DecodeBatch:
             key_ok = key_ok.index_select(0, index)
         self.steps_left = [self.steps_left[r] for r in self.row_request]
         self.cache, self.logits, self.key_ok = cache, logits, key_ok
+        # Each row's position at every decode step, sliced per step. Rows that finished early keep being
+        # fed (static batch); clamp so they stay in the RoPE table.
+        positions = lengths[:, None] + torch.arange(total, device=device)[None, :]
+        self.positions = positions.clamp(max=context - 1)
         if self.padded:
             self.key_mask = key_ok[:, None, None, :]  # (B, 1, 1, S), sliced per step
-            # Rows that finished early keep being fed (static batch); clamp so they stay in the RoPE table.
-            positions = lengths[:, None] + torch.arange(total, device=device)[None, :]
-            self.positions = positions.clamp(max=context - 1)
         self.step_index = 0
         self.pending: torch.Tensor | None = None
         self.alive = [True] * len(self.row_request)
@@ -135,21 +136,15 @@ class DecodeBatch:
 
     @torch.inference_mode()
     def _forward(self, tokens: torch.Tensor) -> None:
+        step = slice(self.step_index - 1, self.step_index)
         if self.decoder is not None:
-            if self.padded:
-                positions = self.positions[:, self.step_index - 1 : self.step_index]
-            else:
-                positions = torch.full_like(tokens[:, None], self.cache.length)
-            self.logits = self.decoder(tokens[:, None], positions, self.key_ok, self.cache)
-            return
-        if self.padded:
-            end = self.cache.length + 1
-            i = self.step_index - 1
-            logits, _ = self.model(tokens[:, None], cache=self.cache, position_ids=self.positions[:, i : i + 1],
-                                   attn_mask=self.key_mask[..., :end])
-        else:
-            logits, _ = self.model(tokens[:, None], cache=self.cache)
-        self.logits = logits[:, -1]
+            self.logits = self.decoder(tokens[:, None], self.positions[:, step], self.key_ok, self.cache)
+        elif self.padded:
+            logits, _ = self.model(tokens[:, None], cache=self.cache, position_ids=self.positions[:, step],
+                                   attn_mask=self.key_mask[..., : self.cache.length + 1])
+            self.logits = logits[:, -1]
+        else:  # positions follow from the cache length
+            self.logits = self.model(tokens[:, None], cache=self.cache)[0][:, -1]
 
     @torch.inference_mode()
     def _sample(self) -> torch.Tensor:
