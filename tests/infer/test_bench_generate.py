@@ -19,9 +19,9 @@ def test_benchmark_reports_ours_and_hf(small_model):
         assert row["bound_tok_s"] == pytest.approx(r["bandwidth_gb_s"] * 1e9 / (row["weights_mb"] * 1e6))
     assert res["ours-bf16"]["weights_mb"] == pytest.approx(res["ours-fp32"]["weights_mb"] / 2, rel=0.01)
     assert res["ours-int8"]["disk_mb"] < res["ours-fp32"]["disk_mb"] / 3.5
-    assert r["ours_over"]["hf bf16"]["decode_b1_tok_s"] == pytest.approx(
+    assert r["ours_over"]["ours-bf16 / hf-bf16"]["decode_b1_tok_s"] == pytest.approx(
         res["ours-bf16"]["decode_b1_tok_s"] / res["hf-bf16"]["decode_b1_tok_s"])
-    assert "ours / hf bf16: prefill" in format_table(r)
+    assert "ours-bf16 / hf-bf16: prefill" in format_table(r)
 
 
 def test_benchmark_adds_our_rows_with_the_decode_step_compiled(small_model):
@@ -33,10 +33,10 @@ def test_benchmark_adds_our_rows_with_the_decode_step_compiled(small_model):
     plain, compiled = res["ours-bf16"], res["ours-bf16-compile"]
     assert plain["compile_s"] is None and compiled["compile_s"] > 0  # compiled before timing, reported apart
     assert compiled["weights_mb"] == plain["weights_mb"] and compiled["decode_b8_tok_s"] > 0
-    assert r["ours_over"]["hf bf16 compiled"]["decode_b1_tok_s"] == pytest.approx(
+    assert r["ours_over"]["ours-bf16-compile / hf-bf16"]["decode_b1_tok_s"] == pytest.approx(
         res["ours-bf16-compile"]["decode_b1_tok_s"] / res["hf-bf16"]["decode_b1_tok_s"])
     table = format_table(r)
-    assert "ours compiled / hf bf16: prefill" in table and "compile time (batch 1 and 8" in table
+    assert "ours-bf16-compile / hf-bf16: prefill" in table and "compile time (batch 1 and 8" in table
 
 
 def test_benchmark_runs_llama_cpp_on_the_gguf_export(small_model):
@@ -49,6 +49,6 @@ def test_benchmark_runs_llama_cpp_on_the_gguf_export(small_model):
     # the GGUF's tensor bytes: bf16 matrices are half of f32, q8_0 (34 bytes per 32 weights) about a quarter
     assert res["llama.cpp-bf16"]["weights_mb"] < 0.6 * res["llama.cpp-fp32"]["weights_mb"]
     assert res["llama.cpp-int8"]["weights_mb"] < res["llama.cpp-bf16"]["weights_mb"]
-    assert r["ours_over"]["llama.cpp int8"]["decode_b1_tok_s"] == pytest.approx(
+    assert r["ours_over"]["ours-int8 / llama.cpp-int8"]["decode_b1_tok_s"] == pytest.approx(
         res["ours-int8"]["decode_b1_tok_s"] / res["llama.cpp-int8"]["decode_b1_tok_s"])
-    assert "decode b8" not in format_table(r).split("ours / llama.cpp bf16:")[1].splitlines()[0]
+    assert "decode b8" not in format_table(r).split("ours-bf16 / llama.cpp-bf16:")[1].splitlines()[0]

@@ -34,6 +34,7 @@ from krmini.model import LlamaModel
 from krmini.train.checkpoint import model_tensors
 
 GREEDY = dict(temperature=0.0)
+OURS_DTYPES = ("fp32", "bf16", "int8")
 
 
 def memory_bandwidth(mb: int = 512, repeats: int = 5) -> float:
@@ -188,7 +189,7 @@ def compile_decoders(variants: dict[str, dict], decode_ids: list[list[int]], new
 
 def run_benchmark(model: LlamaModel, label: str, threads: int, new_tokens: int, prompt_tokens: int,
                   repeats: int, with_hf: bool, gguf_vocab=None, bandwidth_mb: int = 512,
-                  compiled: tuple[str, ...] = ("fp32", "bf16", "int8")) -> dict:
+                  compiled: tuple[str, ...] = OURS_DTYPES) -> dict:
     """`gguf_vocab`: the vocabulary for the llama.cpp rows (None: no llama.cpp rows)."""
     torch.set_num_threads(threads)
     cfg = model.config
@@ -227,14 +228,14 @@ def run_benchmark(model: LlamaModel, label: str, threads: int, new_tokens: int, 
                    decode_b1_runs=[round(s["decode_b1_tok_s"], 1) for s in samples[name]], compile_s=v.get("compile_s"))
         row["of_bound"] = row["decode_b1_tok_s"] / row["bound_tok_s"]
         rows[name] = row
-    ratios = {}  # "hf bf16": ours-bf16 over hf-bf16; "hf bf16 compiled": ours-bf16-compile over it
+    ratios = {}  # "ours-bf16-compile / hf-bf16": each of our rows over the other engines' row of its dtype
     for engine in ("hf", "llama.cpp"):
-        for dtype in ("fp32", "bf16", "int8"):
-            for suffix, tag in (("", ""), ("-compile", " compiled")):
-                if f"{engine}-{dtype}" in rows and f"ours-{dtype}{suffix}" in rows:
-                    ours, other = rows[f"ours-{dtype}{suffix}"], rows[f"{engine}-{dtype}"]
-                    ratios[f"{engine} {dtype}{tag}"] = {k: ours[k] / other[k] for k in (
-                        "prefill_tok_s", "decode_b1_tok_s", "decode_b8_tok_s") if other[k]}
+        for dtype in OURS_DTYPES:
+            for ours in (f"ours-{dtype}", f"ours-{dtype}-compile"):
+                other = f"{engine}-{dtype}"
+                if ours in rows and other in rows:
+                    ratios[f"{ours} / {other}"] = {k: rows[ours][k] / rows[other][k] for k in (
+                        "prefill_tok_s", "decode_b1_tok_s", "decode_b8_tok_s") if rows[other][k]}
     return {"model": label, "parameters": model.num_parameters(), "config": vars(cfg).copy(), "threads": threads,
             "new_tokens": new_tokens, "prefill_tokens": prefill_len, "decode_prompt_tokens": decode_len,
             "repeats": repeats, "bandwidth_gb_s": bandwidth / 1e9, "results": rows, "ours_over": ratios,
@@ -268,10 +269,9 @@ def format_table(r: dict) -> str:
     compiles = [f"{name} {x['compile_s']:.1f} s" for name, x in r["results"].items() if x.get("compile_s")]
     if compiles:
         lines.append("compile time (batch 1 and 8, not in the figures above): " + ", ".join(compiles))
-    for other, ratio in r["ours_over"].items():
-        ours = "ours compiled" if other.endswith(" compiled") else "ours"
-        lines.append(f"{ours} / {other.removesuffix(' compiled')}: " + ", ".join(f"{k.removesuffix('_tok_s').replace('_', ' ')} {v:.2f}x"
-                                                    for k, v in ratio.items()))
+    for pair, ratio in r["ours_over"].items():
+        lines.append(f"{pair}: " + ", ".join(f"{k.removesuffix('_tok_s').replace('_', ' ')} {v:.2f}x"
+                                             for k, v in ratio.items()))
     return "\n".join(lines)
 
 
@@ -322,7 +322,7 @@ def run(args) -> int:
         raise KrminiError("--threads and --repeats: expected >= 1")
     model, label, gguf_vocab = _model_from_args(args)
     results = run_benchmark(model, label, args.threads, args.new_tokens, args.prompt_tokens, args.repeats,
-                            not args.no_hf, gguf_vocab, compiled=() if args.no_compile else ("fp32", "bf16", "int8"))
+                            not args.no_hf, gguf_vocab, compiled=() if args.no_compile else OURS_DTYPES)
     print(format_table(results))
     if args.profile:
         bf16 = fuse_for_decoding(copy.deepcopy(model).to(torch.bfloat16))
