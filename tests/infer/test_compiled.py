@@ -10,10 +10,13 @@ import torch._dynamo.config
 import torch._inductor.config
 
 from krmini.errors import KrminiError
-from krmini.infer.compiled import CompiledDecoder, cache_length
+from krmini.infer import compiled as compiled_module
+from krmini.infer.compiled import CompiledDecoder, SlotCache, cache_length
 from krmini.infer.engine import DecodeBatch
 from krmini.infer.fused import fuse_for_decoding
+from krmini.infer.quantize import quantize_model
 from krmini.infer.sampling import SamplingConfig
+from krmini.model.llama import attention
 
 PROMPTS = [[5, 17, 42], [7, 99, 3, 250, 11, 8, 9], [31]]  # a left-padded batch of different lengths
 
@@ -53,6 +56,38 @@ def test_compiled_decoding_of_a_padded_batch_matches_rows_run_alone(compiled, sm
     model, decoder = compiled
     got, _ = _run(model, PROMPTS, decoder)
     assert got == [_run(small_model, [p])[0][0] for p in PROMPTS]
+
+
+def test_a_new_generation_length_reuses_the_compiled_graph(compiled):
+    """The per-step positions keep their strides whatever the length, so Dynamo's guards still pass."""
+    model, decoder = compiled
+    for prompts in (PROMPTS, [PROMPTS[0]]):  # after a batch, Dynamo's graph is dynamic in the batch size
+        _run(model, prompts, decoder, new_tokens=3)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    for prompts in (PROMPTS, [PROMPTS[0]]):
+        _run(model, prompts, decoder, new_tokens=20)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+
+
+def test_slot_attention_equals_sdpa_over_the_written_slots():
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 6, 1, 8, generator=gen)  # 6 query heads over 2 key/value heads
+    k, v = torch.randn(2, 2, 16, 8, generator=gen), torch.randn(2, 2, 16, 8, generator=gen)
+    mask = torch.zeros(2, 1, 1, 16, dtype=torch.bool)
+    mask[0, ..., 3:10] = True  # a left-padded row
+    mask[1, ..., :10] = True
+    got = SlotCache(k.unbind(1), v.unbind(1), torch.tensor([9])).attend(q, k, v, mask)
+    assert torch.allclose(got, attention(q, k, v, mask), atol=1e-6)
+
+
+def test_large_bf16_models_skip_the_micro_gemm_autotuning(small_model, monkeypatch):
+    monkeypatch.setattr(compiled_module, "BF16_AUTOTUNE_MAX_BYTES", 0)
+    bf16 = copy.deepcopy(small_model).to(torch.bfloat16)
+    assert compiled_module._streams_bf16_weights(fuse_for_decoding(copy.deepcopy(bf16)))
+    assert not compiled_module._streams_bf16_weights(copy.deepcopy(small_model))  # fp32
+    assert not compiled_module._streams_bf16_weights(quantize_model(copy.deepcopy(small_model)).to(torch.bfloat16))
+    monkeypatch.setattr(compiled_module, "BF16_AUTOTUNE_MAX_BYTES", 64 << 20)
+    assert not compiled_module._streams_bf16_weights(bf16)
 
 
 def test_several_decoders_in_one_process_do_not_exhaust_dynamos_recompile_limit(small_model, monkeypatch):

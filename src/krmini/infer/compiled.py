@@ -25,14 +25,24 @@ import torch._dynamo.exc
 import torch._inductor.config
 
 from krmini.errors import KrminiError
+from krmini.infer.fused import PackedLinear
 from krmini.model import KVCache, LlamaModel
+from krmini.model.info import count_parameters
 
 CACHE_BUCKET = 256  # cache lengths are multiples of this (capped at the context)
 RECOMPILE_LIMIT = 64
+# On CPU the graph's caller is C++, not Python: a step makes ~100 calls (matmuls, attention
+# kernels), and Python's few µs around each one add up to ~10% of a 135M model's step.
+CPU_WRAPPER = {"cpp_wrapper": True}
 # On CPU, let Inductor's autotuner pick its own C++ micro-GEMM where it beats the oneDNN call: for a
 # single row against a small matrix the call's fixed cost dominates (2-5 µs against ~20 µs).
 CPU_GEMM = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN",
             "autotune_num_choices_displayed": 0, "max_autotune_report_choices_stats": False}  # quiet
+# The autotuner times each matmul alone, with its weight hot in cache. Once a bf16 model's weights
+# are well past the CPU's cache they stream from memory on every token, and there the bf16
+# micro-GEMMs it picks ran at ~18 GB/s against oneDNN's ~33 (135M model, x86-64 without AMX):
+# past this size bf16 keeps oneDNN. fp32 and int8 gained from autotuning at every size measured.
+BF16_AUTOTUNE_MAX_BYTES = 64 << 20
 
 
 def cache_length(needed: int, context: int) -> int:
@@ -53,6 +63,18 @@ class SlotCache(KVCache):
         self.v[layer].index_copy_(2, self.slot, v.to(self.v[layer].dtype))
         return self.k[layer], self.v[layer]
 
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """One query per row, as products, sums and a softmax instead of SDPA: Inductor fuses them
+        into a few C++ loops, where an SDPA call costs ~35 µs a layer on CPU, more than its arithmetic.
+        q: (B, heads, 1, head_dim); k, v: (B, kv_heads, slots, head_dim); mask: (B, 1, 1, slots)."""
+        B, H, _, D = q.shape
+        groups = k.shape[1]
+        q = q.view(B, groups, H // groups, 1, D)  # the query heads that share each key/value head
+        scores = (q * k[:, :, None]).sum(-1) * D**-0.5  # (B, kv_heads, group, slots)
+        scores = scores.masked_fill(~mask.view(B, 1, 1, -1), float("-inf"))
+        out = (scores.softmax(-1)[..., None] * v[:, :, None]).sum(-2)  # (B, kv_heads, group, head_dim)
+        return out.view(B, H, 1, D)
+
 
 def _decode_step(model: LlamaModel, tokens: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor,
                  key_ok: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
@@ -67,6 +89,16 @@ def _decode_step(model: LlamaModel, tokens: torch.Tensor, positions: torch.Tenso
     return model.lm_head(model.model.norm(x))[:, -1]
 
 
+def _streams_bf16_weights(model: LlamaModel) -> bool:
+    """Whether `model`'s matmuls are bf16 and read more than BF16_AUTOTUNE_MAX_BYTES per token (the
+    layers and the LM head; an untied embedding is read one row at a time)."""
+    head = model.lm_head  # nn.Linear, fused PackedLinear or Int8Linear
+    weight = head.packed if isinstance(head, PackedLinear) else head.weight
+    counts = count_parameters(model.config)
+    read = counts["layers"] + (counts["lm_head"] or counts["embedding"])  # a tied head is the embedding
+    return weight.dtype == torch.bfloat16 and 2 * read > BF16_AUTOTUNE_MAX_BYTES
+
+
 class CompiledDecoder:
     """`model`'s decode step under `torch.compile` (Inductor, weights frozen as constants).
 
@@ -78,7 +110,9 @@ class CompiledDecoder:
         self._step = torch.compile(functools.partial(_decode_step, model), fullgraph=True)
         options = {"freezing": True}
         if model.rope_cos.device.type == "cpu":
-            options |= CPU_GEMM
+            options |= CPU_WRAPPER
+            if not _streams_bf16_weights(model):
+                options |= CPU_GEMM
         # Inductor reads these from its global config when it compiles (in torch 2.13 the `options=`
         # route does not reach the freezing pass); a scoped patch keeps them off for any other graph
         # in the process, such as a training run's evaluation.

@@ -107,9 +107,10 @@ class DecodeBatch:
             key_ok = key_ok.index_select(0, index)
         self.steps_left = [self.steps_left[r] for r in self.row_request]
         self.cache, self.logits, self.key_ok = cache, logits, key_ok
-        # Each row's position at every decode step, sliced per step. Rows that finished early keep being
-        # fed (static batch); clamp so they stay in the RoPE table.
-        positions = lengths[:, None] + torch.arange(total, device=device)[None, :]
+        # Each row's position at every decode step, one step per row of the table (so a step's slice
+        # has the same strides whatever the generation length: a compiled step guards on strides).
+        # Rows that finished early keep being fed (static batch); clamp so they stay in the RoPE table.
+        positions = torch.arange(total, device=device)[:, None] + lengths[None, :]
         self.positions = positions.clamp(max=context - 1)
         if self.padded:
             self.key_mask = key_ok[:, None, None, :]  # (B, 1, 1, S), sliced per step
@@ -136,11 +137,11 @@ class DecodeBatch:
 
     @torch.inference_mode()
     def _forward(self, tokens: torch.Tensor) -> None:
-        step = slice(self.step_index - 1, self.step_index)
+        positions = self.positions[self.step_index - 1][:, None]  # (B, 1)
         if self.decoder is not None:
-            self.logits = self.decoder(tokens[:, None], self.positions[:, step], self.key_ok, self.cache)
+            self.logits = self.decoder(tokens[:, None], positions, self.key_ok, self.cache)
         elif self.padded:
-            logits, _ = self.model(tokens[:, None], cache=self.cache, position_ids=self.positions[:, step],
+            logits, _ = self.model(tokens[:, None], cache=self.cache, position_ids=positions,
                                    attn_mask=self.key_mask[..., : self.cache.length + 1])
             self.logits = logits[:, -1]
         else:  # positions follow from the cache length

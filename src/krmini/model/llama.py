@@ -62,6 +62,16 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotate_half(x) * sin
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """softmax(q kᵀ/√d) v over (B, heads, T, head_dim); causal when no mask is given.
+
+    Grouped-query: k and v may have fewer heads than q; each serves a group of query heads."""
+    gqa = k.shape[1] != q.shape[1]
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1, enable_gqa=gqa)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+
+
 @dataclass
 class KVCache:
     """Preallocated keys/values, one (B, kv_heads, max_len, head_dim) tensor per layer.
@@ -95,6 +105,10 @@ class KVCache:
         self.v[layer][:, :, self.length : end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Attention of q over the keys/values `update` returned (a compiled step attends its own way)."""
+        return attention(q, k, v, mask)
+
 
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
@@ -118,13 +132,12 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, cache: KVCache | None, layer: int, mask: torch.Tensor | None):
         B, T, _ = x.shape
         q, k, v = self.project(x, cos, sin)
-        if cache is not None:
+        if cache is None:
+            out = attention(q, k, v, mask)
+        else:
             k, v = cache.update(layer, k, v)
             q = q.to(k.dtype)  # the cache may be kept wider than the weights (see KVCache)
-        if mask is None:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=self.n_kv != self.n_heads)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.n_kv != self.n_heads)
+            out = cache.attend(q, k, v, mask)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1).to(x.dtype))
 
 
