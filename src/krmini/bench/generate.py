@@ -7,7 +7,8 @@ stop; llama-cpp-python decodes one sequence, so batch 1 only), memory (weights +
 and size on disk. All engines run in this process and alternate within each repeat; the median is
 reported, so load from other processes on the machine hits every side alike. The bandwidth bound —
 weight bytes read per token ÷ memory bandwidth measured here with a large tensor copy — shows how far
-batch-1 decoding is from the physical limit.
+batch-1 decoding is from the physical limit. Bytes read per token are every weight but an untied
+embedding table, of which a token reads one row.
 """
 
 from __future__ import annotations
@@ -63,6 +64,12 @@ def _weight_bytes(model: torch.nn.Module) -> int:
             total += t.numel() * t.element_size()
     rope = model.rope_cos.nbytes + model.rope_sin.nbytes if hasattr(model, "rope_cos") else 0
     return total - rope
+
+
+def _read_bytes(model: torch.nn.Module) -> int:
+    """Weight bytes a decode step reads: all but an untied embedding (ours and HF's share the layout)."""
+    embedding = 0 if model.config.tie_word_embeddings else _weight_bytes(model.model.embed_tokens)
+    return _weight_bytes(model) - embedding
 
 
 def _ours(variant: dict, prompts: list[list[int]], new_tokens: int) -> tuple[float, float]:
@@ -144,33 +151,37 @@ def llama_cpp_variants(model: LlamaModel, vocab, threads: int, workdir: Path) ->
         path = write_gguf(model, vocab, workdir / f"model-{kind}.gguf", kind)
         llm = llama_cpp.Llama(model_path=str(path), n_ctx=context, n_batch=context, n_threads=threads,
                               n_threads_batch=threads, verbose=False)
-        weights = sum(int(t.n_bytes) for t in gguf.GGUFReader(path).tensors)
+        tensors = {t.name: int(t.n_bytes) for t in gguf.GGUFReader(path).tensors}
+        untied = tensors["token_embd.weight"] if "output.weight" in tensors else 0
         variants[f"llama.cpp-{name}"] = {"model": llm, "kind": "llama.cpp", "dtype": name,
-                                         "disk": path.stat().st_size, "weights": weights}
+                                         "disk": path.stat().st_size, "weights": sum(tensors.values()),
+                                         "read": sum(tensors.values()) - untied}
     return variants
 
 
 def build_variants(model: LlamaModel, with_hf: bool, compiled: tuple[str, ...]) -> dict[str, dict]:
-    """name → {"model", "kind" (ours|hf), "dtype", "weights" (bytes read per token), "disk"} built from one
+    """name → {"model", "kind" (ours|hf), "dtype", "weights" (bytes in memory), "read" (bytes read per
+    token), "disk"} built from one
     fp32 model; ours are fused for decoding as `krmini generate` fuses them, and ours of the dtypes in
     `compiled` also run with the decode step compiled (`"decoder"`, `krmini generate --compile`)."""
     model = model.float().eval()
     variants = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         m = copy.deepcopy(model).to(dtype)
-        disk, weights = _disk_bytes(model_tensors(m)), _weight_bytes(m)
+        disk, weights, read = _disk_bytes(model_tensors(m)), _weight_bytes(m), _read_bytes(m)
         variants[f"ours-{name}"] = {"model": fuse_for_decoding(copy.deepcopy(m)), "kind": "ours", "dtype": name,
-                                    "disk": disk, "weights": weights}
+                                    "disk": disk, "weights": weights, "read": read}
         if with_hf:
             from krmini.export.hf import to_hf_model
 
             hf = to_hf_model(m)
             hf.generation_config.eos_token_id = None  # always generate the full length, like ours
             hf.generation_config.pad_token_id = 0
-            variants[f"hf-{name}"] = {"model": hf, "kind": "hf", "dtype": name, "disk": disk, "weights": weights}
+            variants[f"hf-{name}"] = {"model": hf, "kind": "hf", "dtype": name, "disk": disk, "weights": weights,
+                                      "read": read}
     q = quantize_model(copy.deepcopy(model)).to(torch.bfloat16)
     variants["ours-int8"] = {"model": q, "kind": "ours", "dtype": "int8", "disk": _disk_bytes(int8_tensors(q)),
-                             "weights": _weight_bytes(q)}
+                             "weights": _weight_bytes(q), "read": _read_bytes(q)}
     for dtype in compiled:
         plain = variants[f"ours-{dtype}"]
         variants[f"ours-{dtype}-compile"] = plain | {"decoder": CompiledDecoder(plain["model"])}
@@ -223,8 +234,8 @@ def run_benchmark(model: LlamaModel, label: str, threads: int, new_tokens: int, 
         # ours keeps a bf16 model's cache in fp32 on CPU; llama.cpp's cache is f16
         elem = 4 if v["dtype"] == "fp32" or v["kind"] == "ours" else 2
         kv = kv_per_token * elem * 8 * (decode_len + new_tokens)
-        row.update(dtype=v["dtype"], kind=v["kind"], weights_mb=v["weights"] / 1e6, disk_mb=v["disk"] / 1e6,
-                   memory_mb=(v["weights"] + kv) / 1e6, bound_tok_s=bandwidth / v["weights"],
+        row.update(dtype=v["dtype"], kind=v["kind"], weights_mb=v["weights"] / 1e6, read_mb=v["read"] / 1e6,
+                   disk_mb=v["disk"] / 1e6, memory_mb=(v["weights"] + kv) / 1e6, bound_tok_s=bandwidth / v["read"],
                    decode_b1_runs=[round(s["decode_b1_tok_s"], 1) for s in samples[name]], compile_s=v.get("compile_s"))
         row["of_bound"] = row["decode_b1_tok_s"] / row["bound_tok_s"]
         rows[name] = row
