@@ -161,9 +161,9 @@ def llama_cpp_variants(model: LlamaModel, vocab, threads: int, workdir: Path) ->
 
 def build_variants(model: LlamaModel, with_hf: bool, compiled: tuple[str, ...]) -> dict[str, dict]:
     """name → {"model", "kind" (ours|hf), "dtype", "weights" (bytes in memory), "read" (bytes read per
-    token), "disk"} built from one
-    fp32 model; ours are fused for decoding as `krmini generate` fuses them, and ours of the dtypes in
-    `compiled` also run with the decode step compiled (`"decoder"`, `krmini generate --compile`)."""
+    token), "disk"} built from one fp32 model; ours are fused for decoding as `krmini generate` fuses
+    them, and ours of the dtypes in `compiled` also run with the decode step compiled (`"decoder"`,
+    `krmini generate --compile`)."""
     model = model.float().eval()
     variants = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
