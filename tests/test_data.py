@@ -73,6 +73,15 @@ def test_clean_text_normalises():
     assert decomposed != "한국어"
     assert clean_text(decomposed) == "한국어"
     assert clean_text("  가\u200b나\x07다   라\t\t마  \r\n\n\n\n바 ") == "가나다 라 마\n\n바"
+    # one space stays; a lone tab, no-break or ideographic space, or one next to a space, becomes one
+    assert clean_text("가 나\t다\u00a0라\u3000마 \u3000바\u00a0 사") == "가 나 다 라 마 바 사"
+
+
+def test_hangul_ratio_counts_letters_only():
+    from krmini.data.filters import hangul_ratio
+
+    assert hangul_ratio("한국어 abc 123 _!?") == pytest.approx(3 / 6)  # digits, "_" and punctuation are not letters
+    assert hangul_ratio("ㄱㄴ 漢字") == pytest.approx(2 / 4) and hangul_ratio("123 !") == 0.0
 
 
 def test_split_is_deterministic_and_near_98_1_1():

@@ -76,7 +76,7 @@ def test_slot_attention_equals_sdpa_over_the_written_slots():
     mask = torch.zeros(2, 1, 1, 16, dtype=torch.bool)
     mask[0, ..., 3:10] = True  # a left-padded row
     mask[1, ..., :10] = True
-    got = SlotCache(k.unbind(1), v.unbind(1), torch.tensor([9])).attend(q, k, v, mask)
+    got = SlotCache([k], [v], torch.tensor([9])).attend(q, k, v, mask)
     assert torch.allclose(got, attention(q, k, v, mask), atol=1e-6)
 
 

@@ -32,7 +32,7 @@ def add_device_args(p) -> None:
 def decoder_from_args(args, model) -> CompiledDecoder | None:
     if not args.compile:
         return None
-    print("--compile: the decode step compiles on first use (30-60 s on a 2-core CPU, ~10 s once cached)",
+    print("--compile: the decode step compiles on first use (20-80 s on a 2-core CPU, less once cached)",
           file=sys.stderr, flush=True)
     return CompiledDecoder(model)
 

@@ -4,9 +4,9 @@ On a small model a decode step is mostly fixed cost: every RMSNorm, RoPE rotatio
 residual add is its own PyTorch call with its own dispatch, and the matmuls are small. Inductor
 fuses the elementwise work into a few C++ loops and calls oneDNN with weights it packed once
 (`freezing`); on CPU it also swaps oneDNN for its own C++ micro-GEMM wherever that measures faster.
-The ~6M model decodes about 2× faster. The price is a compile of 30–60 s on a 2-core CPU the first
-time a shape is seen (about 10 s in later processes, from Inductor's on-disk cache), which is why it
-is opt-in (`--compile`) and worth it for long generations and servers, not for one short prompt.
+The ~6M model decodes about 2.4× faster. The price is a compile of 20–80 s per shape on a 2-core CPU
+(batch 1 and a batch; less in later processes, from Inductor's on-disk cache), which is why it is
+opt-in (`--compile`) and worth it for long generations and servers, not for one short prompt.
 
 A compiled graph needs fixed shapes, but a growing cache has a new length every token. So the step
 always attends over the whole preallocated cache, with the unfilled slots masked, and takes the

@@ -112,8 +112,6 @@ class DecodeBatch:
         # Rows that finished early keep being fed (static batch); clamp so they stay in the RoPE table.
         positions = torch.arange(total, device=device)[:, None] + lengths[None, :]
         self.positions = positions.clamp(max=context - 1)
-        if self.padded:
-            self.key_mask = key_ok[:, None, None, :]  # (B, 1, 1, S), sliced per step
         self.step_index = 0
         self.pending: torch.Tensor | None = None
         self.alive = [True] * len(self.row_request)
@@ -142,7 +140,7 @@ class DecodeBatch:
             self.logits = self.decoder(tokens[:, None], positions, self.key_ok, self.cache)
         elif self.padded:
             logits, _ = self.model(tokens[:, None], cache=self.cache, position_ids=positions,
-                                   attn_mask=self.key_mask[..., : self.cache.length + 1])
+                                   attn_mask=self.key_ok[:, None, None, : self.cache.length + 1])
             self.logits = logits[:, -1]
         else:  # positions follow from the cache length
             self.logits = self.model(tokens[:, None], cache=self.cache)[0][:, -1]
