@@ -5,15 +5,22 @@ from __future__ import annotations
 import random
 
 import pytest
+from tokenizers import Tokenizer, pre_tokenizers
 
 from krmini.data.clean import clean_text
-from krmini.tokenizer import CHAT_TOKENS, SPECIAL_TOKENS, KoTokenizer
+from krmini.tokenizer import CHAT_TOKENS, SPECIAL_TOKENS, KoTokenizer, word_cache
+from krmini.tokenizer.word_cache import WordCachedEncoder
 from tests.conftest import read_jsonl_texts, shared_file
 
 PRETRAIN_FILES = ["koconovel_novels.jsonl", "laws_acts_sample.jsonl", "nsmc_reviews_sample.jsonl",
                   "petitions.jsonl", "precedents_sample.jsonl"]
 TRICKY = ["ㅋㅋㅋㅋ 진짜 웃기닼ㅋ 😂👍🏻", "漢字와 한글을 섞어 쓴 國漢文", "Café naïve — “따옴표” ‘작은’ …",
           "줄\n바꿈\t탭  두 칸", "  앞뒤 공백  ", "𠀀 희귀 한자, 똠방각하 뷁", "١٢٣ عربى 日本語 ภาษาไทย"]
+
+# Where splitting at spaces could go wrong: runs of spaces, spaces at either end, digits (their own
+# pieces), a "▁" already in the text, special-token strings, decomposed Hangul (the NFC normalizer).
+WORD_EDGES = ["", " ", "  ", "끝 ", " 앞", "두  칸   세 칸", "2026년 11월 23일, ① ½", "이미 ▁ 있는▁메타 문자",
+              "<|bos|> 특수 토큰<|end|> <|user|>", "줄\n 바꿈 \n\t탭", "\u1112\u1161\u11ab \u1100\u1173\u11af 자모"]
 
 
 @pytest.fixture(scope="module")
@@ -80,3 +87,37 @@ def test_save_load_and_transformers_encode_identically(tokenizer, tmp_path, corp
         assert hf.decode(ids) == text
     assert hf.bos_token == "<|bos|>" and hf.eos_token == "<|eos|>" and hf.pad_token == "<|pad|>"
     assert set(CHAT_TOKENS) <= set(hf.all_special_tokens)
+
+
+def test_word_cache_gives_the_tokenizers_own_ids(tokenizer, corpus_sample, monkeypatch):
+    tok = tokenizer.tok  # with its NFC normalizer
+    encoder = WordCachedEncoder(tok)
+    assert encoder.by_words
+
+    def check(batch: list[str]) -> None:
+        ids, lengths = encoder.encode_texts(batch)
+        expected = [tok.encode(t, add_special_tokens=False).ids for t in batch]
+        assert lengths.tolist() == [len(e) for e in expected]
+        assert ids.tolist() == [i for e in expected for i in e]
+
+    texts = WORD_EDGES + TRICKY + [clean_text(t) for docs in corpus_sample.values() for t in docs]
+    check(texts[:30])
+    check(texts[30:300])
+    remembered = encoder.entries
+    check(texts[:300])  # every word remembered: nothing new encoded
+    assert encoder.entries == remembered
+    monkeypatch.setattr(word_cache, "MAX_WORDS", 10)  # past the limit: the next batch starts over
+    later = texts[300:]
+    check(later)
+    assert encoder.entries == len({(w,) if k == 0 else w for t in later for k, w in enumerate(t.split(" "))})
+    check([])
+
+
+def test_word_cache_encodes_text_by_text_for_other_pipelines(tokenizer):
+    tok = Tokenizer.from_str(tokenizer.tok.to_str())
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()  # spaces dropped, not turned into "▁"
+    encoder = WordCachedEncoder(tok)
+    assert not encoder.by_words
+    ids, lengths = encoder.encode_texts(TRICKY)
+    expected = [tok.encode(t, add_special_tokens=False).ids for t in TRICKY]
+    assert ids.tolist() == [i for e in expected for i in e] and lengths.tolist() == [len(e) for e in expected]

@@ -16,5 +16,5 @@ def test_benchmark_reports_speed_and_a_profile_with_every_stage(tmp_path, tokeni
     assert r["removed"]["duplicate"]["documents"] >= 1  # the planted exact duplicate
     profile = r["profile"]
     assert {"read (file, JSON)", "clean (NFC, whitespace)", "MinHash signatures", "other"} < set(profile)
-    assert profile["tokenize"] > 0  # the Rust tokenizer's C method is attributed too
+    assert profile["tokenize"] > 0
     assert sum(profile.values()) == pytest.approx(r["profile_seconds"], abs=0.1)

@@ -30,7 +30,7 @@ STAGES = {
     "read (file, JSON)": ("_jsonl_documents",),
     "clean (NFC, whitespace)": ("clean_text",),
     "filters (Hangul, repetition, boilerplate)": ("text_reason", "strip_boilerplate", "scrub_pii"),
-    "tokenize": ("encode_batch_fast",),
+    "tokenize": ("encode_texts",),
     "MinHash signatures": ("signatures", "band_keys", "ngram_hashes", "repeated_ngram_ratio"),
     "dedup index + split + write": ("match_or_add", "write", "split_of", "copies"),
 }
@@ -46,7 +46,6 @@ def _cpu_seconds() -> float:
 def _stage_profile(stats: pstats.Stats, total: float) -> dict[str, float]:
     by_name = {}
     for (_, _, name), (_, _, _, cumulative, _) in stats.stats.items():
-        name = name.split("'")[1] if name.startswith("<method '") else name  # a C method, e.g. the Rust tokenizer
         by_name[name] = by_name.get(name, 0.0) + cumulative
     out = {stage: round(sum(by_name.get(f, 0.0) for f in funcs), 2) for stage, funcs in STAGES.items()}
     out["other"] = round(total - sum(out.values()), 2)

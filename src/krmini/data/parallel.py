@@ -20,6 +20,7 @@ from krmini.data.clean import clean_text
 from krmini.data.dedup import DedupConfig, MinHasher, ngram_hashes, repeated_ngram_ratio
 from krmini.data.filters import FilterConfig, scrub_pii, strip_boilerplate, text_reason
 from krmini.data.split import document_digest
+from krmini.tokenizer.word_cache import WordCachedEncoder
 
 
 @dataclass
@@ -58,6 +59,7 @@ class ChunkProcessor:
         # Every text reaches the tokenizer through `clean_text`, already NFC, so the tokenizer's own
         # NFC pass would only repeat it (10-20% of tokenization time). The ids are the same.
         self.tok.normalizer = None
+        self.encoder = WordCachedEncoder(self.tok)
         self.bos, self.eos = self.tok.token_to_id("<|bos|>"), self.tok.token_to_id("<|eos|>")
         self.hasher = MinHasher(setup.dedup) if setup.dedup.near else None
 
@@ -107,9 +109,7 @@ class ChunkProcessor:
         return result
 
     def _tokenize(self, result: ChunkResult, texts: list[str], index: np.ndarray) -> None:
-        encoded = [np.asarray(e.ids, np.uint32) for e in self.tok.encode_batch_fast(texts, add_special_tokens=False)]
-        lengths = np.array([len(e) for e in encoded], np.int64)
-        body = np.concatenate(encoded) if encoded else np.empty(0, np.uint32)
+        body, lengths = self.encoder.encode_texts(texts)
         f = self.setup.filters
         if self.hasher is not None or f.max_repeated_ngram_ratio:
             hashes, doc = ngram_hashes(body, lengths)
@@ -122,7 +122,7 @@ class ChunkProcessor:
                 if bad.any():
                     keep = ~bad[doc]
                     hashes, doc = hashes[keep], doc[keep]
-                    encoded = [e for e, b in zip(encoded, bad, strict=True) if not b]
+                    body = body[np.repeat(~bad, lengths)]
                     index, lengths = index[~bad], lengths[~bad]
                     doc = (np.cumsum(~bad) - 1)[doc]
             if self.hasher is not None:
@@ -130,13 +130,12 @@ class ChunkProcessor:
                 keys[index] = self.hasher.band_keys(self.hasher.signatures(hashes, doc, len(index)))
                 result.band_keys = keys
                 result.has_ngrams[index] = np.bincount(doc, minlength=len(index)) > 0
-        out = np.empty(int(lengths.sum()) + 2 * len(encoded), dtype=self.setup.dtype)
-        pos = 0
-        for e in encoded:
-            out[pos] = self.bos
-            out[pos + 1 : pos + 1 + len(e)] = e
-            out[pos + 1 + len(e)] = self.eos
-            pos += len(e) + 2
+        # each document as BOS, its ids, EOS
+        starts = np.cumsum(lengths + 2) - lengths - 2
+        out = np.empty(len(body) + 2 * len(lengths), dtype=self.setup.dtype)
+        out[starts] = self.bos
+        out[starts + lengths + 1] = self.eos
+        out[np.arange(len(body)) + np.repeat(2 * np.arange(len(lengths)) + 1, lengths)] = body
         result.tokens = out
         result.token_counts[index] = lengths + 2
 
