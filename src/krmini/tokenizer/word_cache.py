@@ -19,7 +19,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 META = "\u2581"  # what Metaspace puts in place of a space
-MAX_WORDS = 250_000  # remembered words (~30 MB); past this, or past MAX_TOKENS of their ids, the memory starts over
+MAX_WORDS = 250_000  # remembered words (~50 MB a process); past this, or past MAX_TOKENS ids, memory starts over
 MAX_TOKENS = 1 << 22
 NEW = 1 << 40  # numbers above this mark a word first seen in the current batch
 
