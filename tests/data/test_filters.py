@@ -76,3 +76,19 @@ def test_minhash_estimates_jaccard():
             assert same_bands == hasher.bands
         if true < 0.2:
             assert same_bands == 0
+
+
+def test_minhash_signature_is_each_documents_minimum_per_permutation():
+    """The blocked computation equals the definition, for documents within, across and between blocks."""
+    rng = np.random.default_rng(1)
+    hasher = MinHasher(DedupConfig(num_perm=16))
+    sizes = [3, 1, 700, 40, 0, 1500, 2]  # shingles per document; 0: a document without any
+    doc = np.repeat(np.arange(len(sizes)), sizes)
+    hashes = rng.integers(0, 2**64, len(doc), dtype=np.uint64)
+    sig = hasher.signatures(hashes, doc, len(sizes))
+    for j, size in enumerate(sizes):
+        if size == 0:
+            assert (sig[j] == np.iinfo(np.uint32).max).all()
+            continue
+        values = np.multiply.outer(hashes[doc == j], hasher.a) + hasher.b  # wraps mod 2**64, as intended
+        assert (sig[j] == (values.min(axis=0) >> np.uint64(32)).astype(np.uint32)).all()
