@@ -103,13 +103,13 @@ def test_word_cache_gives_the_tokenizers_own_ids(tokenizer, corpus_sample, monke
     texts = WORD_EDGES + TRICKY + [clean_text(t) for docs in corpus_sample.values() for t in docs]
     check(texts[:30])
     check(texts[30:300])
-    remembered = encoder.entries
+    remembered = len(encoder.known)
     check(texts[:300])  # every word remembered: nothing new encoded
-    assert encoder.entries == remembered
+    assert len(encoder.known) == remembered
     monkeypatch.setattr(word_cache, "MAX_WORDS", 10)  # past the limit: the next batch starts over
     later = texts[300:]
     check(later)
-    assert encoder.entries == len({(w,) if k == 0 else w for t in later for k, w in enumerate(t.split(" "))})
+    assert len(encoder.known) == len({(w,) if k == 0 else w for t in later for k, w in enumerate(t.split(" "))})
     check([])
 
 

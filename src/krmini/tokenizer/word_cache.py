@@ -56,8 +56,8 @@ class WordCachedEncoder:
         self._forget()
 
     def _forget(self) -> None:
-        self.known: dict[str | tuple[str], int] = {}  # a word → its entry
-        self.entries = 0  # entry e's ids are store[starts[e] : starts[e] + lengths[e]]
+        self.known: dict[str | tuple[str], int] = {}  # a word → its entry, numbered in the order first seen
+        # entry e's ids are store[starts[e] : starts[e] + lengths[e]]
         self.starts = np.empty(1 << 16, np.int64)
         self.lengths = np.empty(1 << 16, np.int64)
         self.used = 0
@@ -68,7 +68,7 @@ class WordCachedEncoder:
             encoded = [np.asarray(e.ids, np.uint32) for e in self.tok.encode_batch_fast(texts, add_special_tokens=False)]
             lengths = np.array([len(e) for e in encoded], np.int64)
             return (np.concatenate(encoded) if encoded else np.empty(0, np.uint32)), lengths
-        if self.entries > MAX_WORDS or self.used > MAX_TOKENS:
+        if len(self.known) > MAX_WORDS or self.used > MAX_TOKENS:
             self._forget()
         # Every text as a list of words. A word after a space is the str itself (it stands for " " + word);
         # a text's first word is a 1-tuple, since it has no space before it. A text that already holds
@@ -77,7 +77,7 @@ class WordCachedEncoder:
         # that would otherwise charge its own cost to each of millions of calls (`krmini bench prepare
         # --profile`). So a new word is filed under the next number of a counter above NEW, and
         # renumbered after the batch as the next entry.
-        known, seen = self.known, self.entries
+        known, seen = self.known, len(self.known)
         order: list[int] = []
         counts = np.empty(len(texts), np.int64)
         counter = itertools.count(NEW)
@@ -89,7 +89,7 @@ class WordCachedEncoder:
         new = list(itertools.islice(reversed(known), len(known) - seen))[::-1]  # in the order first seen
         filed = np.fromiter(map(known.__getitem__, new), np.int64, len(new))  # increasing, like the counter
         known.update(zip(new, range(seen, seen + len(new)), strict=True))
-        self._encode_new(new)
+        self._encode_new(new, seen)
         e = np.asarray(order, np.int64)
         fresh = e >= NEW
         e[fresh] = seen + np.searchsorted(filed, e[fresh])
@@ -99,11 +99,10 @@ class WordCachedEncoder:
         per_text = np.add.reduceat(lengths, np.cumsum(counts) - counts) if len(texts) else np.empty(0, np.int64)
         return ids, per_text
 
-    def _encode_new(self, words: list[str | tuple[str]]) -> None:
-        """Encode the words just added to `known` (entries self.entries onwards) into the store."""
-        first = self.entries
-        self.entries += len(words)
-        self.starts, self.lengths = _room(self.starts, self.entries), _room(self.lengths, self.entries)
+    def _encode_new(self, words: list[str | tuple[str]], first: int) -> None:
+        """Encode the words just added to `known` (entries `first` onwards) into the store."""
+        end = first + len(words)
+        self.starts, self.lengths = _room(self.starts, end), _room(self.lengths, end)
         spaced = [j for j, w in enumerate(words) if not isinstance(w, tuple)]
         heads = [j for j, w in enumerate(words) if isinstance(w, tuple)]
         if spaced:
