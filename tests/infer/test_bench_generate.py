@@ -9,9 +9,12 @@ from krmini.bench.generate import format_table, placeholder_vocab, run_benchmark
 
 def test_benchmark_reports_ours_and_hf(small_model):
     pytest.importorskip("transformers")
-    r = run_benchmark(small_model, "micro", threads=1, new_tokens=4, prompt_tokens=512, repeats=1, with_hf=True,
+    r = run_benchmark(small_model, "micro", threads=1, new_tokens=4, prompt_tokens=512, repeats=3, with_hf=True,
                       bandwidth_mb=16, compiled=())
     assert set(r["results"]) == {"ours-fp32", "hf-fp32", "ours-bf16", "hf-bf16", "ours-int8"}
+    # the bandwidth is measured in every repeat, like the engines, and the bound uses its median
+    assert len(r["bandwidth_runs_gb_s"]) == 3 and all(len(row["decode_b1_runs"]) == 3 for row in r["results"].values())
+    assert r["bandwidth_gb_s"] == pytest.approx(sorted(r["bandwidth_runs_gb_s"])[1], abs=0.06)
     assert r["prefill_tokens"] == 47  # capped by the context of 48
     res = r["results"]
     for row in res.values():

@@ -6,8 +6,9 @@ tokens/s and time to first token on a long prompt, decode tokens/s at batch 1 an
 stop; llama-cpp-python decodes one sequence, so batch 1 only), memory (weights + KV cache at batch 8)
 and size on disk. All engines run in this process and alternate within each repeat; the median is
 reported, so load from other processes on the machine hits every side alike. The bandwidth bound —
-weight bytes read per token ÷ memory bandwidth measured here with a large tensor copy — shows how far
-batch-1 decoding is from the physical limit. Bytes read per token are every weight but an untied
+weight bytes read per token ÷ memory bandwidth measured here with a large tensor copy (the median of
+one copy test per repeat, so it comes from the same phases of the machine as the timings) — shows how
+far batch-1 decoding is from the physical limit. Bytes read per token are every weight but an untied
 embedding table, of which a token reads one row.
 """
 
@@ -216,16 +217,18 @@ def run_benchmark(model: LlamaModel, label: str, threads: int, new_tokens: int, 
     prefill_ids = torch.randint(vocab.start, vocab.stop, (prefill_len,), generator=gen).tolist()
     decode_ids = torch.randint(vocab.start, vocab.stop, (8, decode_len), generator=gen).tolist()
 
-    bandwidth = memory_bandwidth(bandwidth_mb)
     variants = build_variants(model, with_hf, compiled)
     compile_decoders(variants, decode_ids, new_tokens)
     with tempfile.TemporaryDirectory() as tmp:
         if gguf_vocab is not None:
             variants |= llama_cpp_variants(model, gguf_vocab, threads, Path(tmp))
         samples: dict[str, list[dict]] = {name: [] for name in variants}
+        bandwidths = []  # measured in every repeat too: the machine's bandwidth moves between phases
         for _ in range(repeats):
+            bandwidths.append(memory_bandwidth(bandwidth_mb))
             for name, v in variants.items():  # every engine and precision once per repeat: interleaved
                 samples[name].append(_measure(v, prefill_ids, decode_ids, new_tokens))
+    bandwidth = statistics.median(bandwidths)
     kv_per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim
     rows = {}
     for name, v in variants.items():
@@ -249,7 +252,8 @@ def run_benchmark(model: LlamaModel, label: str, threads: int, new_tokens: int, 
                         "prefill_tok_s", "decode_b1_tok_s", "decode_b8_tok_s") if rows[other][k]}
     return {"model": label, "parameters": model.num_parameters(), "config": vars(cfg).copy(), "threads": threads,
             "new_tokens": new_tokens, "prefill_tokens": prefill_len, "decode_prompt_tokens": decode_len,
-            "repeats": repeats, "bandwidth_gb_s": bandwidth / 1e9, "results": rows, "ours_over": ratios,
+            "repeats": repeats, "bandwidth_gb_s": bandwidth / 1e9,
+            "bandwidth_runs_gb_s": [round(b / 1e9, 1) for b in bandwidths], "results": rows, "ours_over": ratios,
             "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3,
             "torch": torch.__version__}
 
