@@ -25,6 +25,7 @@ CHAT_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 RESERVED = [f"<|reserved_{i}|>" for i in range(8)]
 SPECIAL_TOKENS = [PAD, BOS, EOS, *CHAT_TOKENS, *RESERVED]
 BYTE_TOKENS = [f"<0x{b:02X}>" for b in range(256)]
+META = "▁"  # what Metaspace puts in place of a space
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
 
@@ -32,11 +33,11 @@ CONFIG_FILE = "tokenizer_config.json"
 def _pipeline(tok: Tokenizer) -> Tokenizer:
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never"), pre_tokenizers.Digits(individual_digits=True)]
+        [pre_tokenizers.Metaspace(replacement=META, prepend_scheme="never"), pre_tokenizers.Digits(individual_digits=True)]
     )
     # prepend_scheme="never" and no Strip: decoding any slice of ids gives exactly its text, which
     # keeps round trips lossless and lets streaming decode piece by piece.
-    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    tok.decoder = decoders.Sequence([decoders.Replace(META, " "), decoders.ByteFallback(), decoders.Fuse()])
     return tok
 
 

@@ -18,10 +18,10 @@ import json
 import numpy as np
 from tokenizers import Tokenizer
 
-META = "\u2581"  # what Metaspace puts in place of a space
+from krmini.tokenizer.tokenizer import META
+
 MAX_WORDS = 250_000  # remembered words (~50 MB a process); past this, or past MAX_TOKENS ids, memory starts over
 MAX_TOKENS = 1 << 22
-NEW = 1 << 40  # numbers above this mark a word first seen in the current batch
 
 
 def applies(tok: Tokenizer) -> bool:
@@ -73,26 +73,19 @@ class WordCachedEncoder:
         # Every text as a list of words. A word after a space is the str itself (it stands for " " + word);
         # a text's first word is a 1-tuple, since it has no space before it. A text that already holds
         # "▁" is one 1-tuple: Metaspace also splits there, which would break the cut by "▁" below.
-        # Words are looked up through `map`, in C: as fast as a comprehension, and invisible to a profiler
-        # that would otherwise charge its own cost to each of millions of calls (`krmini bench prepare
-        # --profile`). So a new word is filed under the next number of a counter above NEW, and
-        # renumbered after the batch as the next entry.
+        # Entries are numbered in the order words are first seen, so this batch's new words are the
+        # last ones added to `known`.
         known, seen = self.known, len(self.known)
+        add = known.setdefault
         order: list[int] = []
         counts = np.empty(len(texts), np.int64)
-        counter = itertools.count(NEW)
         for i, text in enumerate(texts):
             words = text.split(" ") if META not in text else [text]
             words[0] = (words[0],)
-            order += map(known.setdefault, words, counter)
+            order += [add(w, len(known)) for w in words]
             counts[i] = len(words)
-        new = list(itertools.islice(reversed(known), len(known) - seen))[::-1]  # in the order first seen
-        filed = np.fromiter(map(known.__getitem__, new), np.int64, len(new))  # increasing, like the counter
-        known.update(zip(new, range(seen, seen + len(new)), strict=True))
-        self._encode_new(new, seen)
+        self._encode_new(list(itertools.islice(reversed(known), len(known) - seen))[::-1], seen)
         e = np.asarray(order, np.int64)
-        fresh = e >= NEW
-        e[fresh] = seen + np.searchsorted(filed, e[fresh])
         lengths, starts = self.lengths[e], self.starts[e]
         total = int(lengths.sum())
         ids = self.store[np.arange(total) + np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)]
