@@ -5,13 +5,20 @@ from __future__ import annotations
 import pytest
 
 from krmini.bench.generate import format_table, placeholder_vocab, run_benchmark
+from krmini.infer.gemv import kernel_available
 
 
 def test_benchmark_reports_ours_and_hf(small_model):
     pytest.importorskip("transformers")
     r = run_benchmark(small_model, "micro", threads=1, new_tokens=4, prompt_tokens=512, repeats=3, with_hf=True,
                       bandwidth_mb=16, compiled=())
-    assert set(r["results"]) == {"ours-fp32", "hf-fp32", "ours-bf16", "hf-bf16", "ours-int8"}
+    # with our bf16 kernel, the same bf16 model also runs on oneDNN, to show the kernel's gain
+    onednn = {"ours-bf16-onednn"} if kernel_available() else set()
+    assert set(r["results"]) == {"ours-fp32", "hf-fp32", "ours-bf16", "hf-bf16", "ours-int8"} | onednn
+    assert r["bf16_matmul"] == ("our kernel (AVX512-BF16)" if onednn else "oneDNN")
+    if onednn:
+        assert r["ours_over"]["ours-bf16 / ours-bf16-onednn"]["decode_b1_tok_s"] == pytest.approx(
+            r["results"]["ours-bf16"]["decode_b1_tok_s"] / r["results"]["ours-bf16-onednn"]["decode_b1_tok_s"])
     # the bandwidth is measured in every repeat, like the engines, and the bound uses its median
     assert len(r["bandwidth_runs_gb_s"]) == 3 and all(len(row["decode_b1_runs"]) == 3 for row in r["results"].values())
     assert r["bandwidth_gb_s"] == pytest.approx(sorted(r["bandwidth_runs_gb_s"])[1], abs=0.06)

@@ -14,6 +14,7 @@ from krmini.infer import compiled as compiled_module
 from krmini.infer.compiled import CompiledDecoder, SlotCache, cache_length
 from krmini.infer.engine import DecodeBatch
 from krmini.infer.fused import fuse_for_decoding
+from krmini.infer.gemv import kernel_available
 from krmini.infer.quantize import quantize_model
 from krmini.infer.sampling import SamplingConfig
 from krmini.model.llama import attention
@@ -67,6 +68,19 @@ def test_a_new_generation_length_reuses_the_compiled_graph(compiled):
     for prompts in (PROMPTS, [PROMPTS[0]]):
         _run(model, prompts, decoder, new_tokens=20)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+
+
+@pytest.mark.skipif(not kernel_available(), reason="our bf16 kernel needs x86-64 with AVX512-BF16 and a C++ compiler")
+def test_compiled_bf16_decoding_calls_our_kernel_and_gives_the_eager_tokens(small_model):
+    model = fuse_for_decoding(copy.deepcopy(small_model).to(torch.bfloat16))
+    decoder = CompiledDecoder(model)
+    want, _ = _run(model, [PROMPTS[1]])
+    _run(model, [PROMPTS[1]], decoder, new_tokens=2)  # compile outside the profile
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        got, _ = _run(model, [PROMPTS[1]], decoder)
+    assert got == want
+    calls = sum(e.count for e in prof.key_averages() if e.key == "krmini::gemv_bf16")
+    assert calls >= 11 * (4 * small_model.config.num_hidden_layers + 1)  # every matmul of the 11 compiled steps
 
 
 def test_slot_attention_equals_sdpa_over_the_written_slots():

@@ -8,8 +8,10 @@ import pytest
 import torch
 from torch import nn
 
+from krmini.infer import fused as fused_module
 from krmini.infer.engine import DecodeBatch
-from krmini.infer.fused import FusedAttention, FusedMLP, PackedLinear, can_pack, fuse_for_decoding
+from krmini.infer.fused import FusedAttention, FusedMLP, GemvLinear, PackedLinear, can_pack, fuse_for_decoding
+from krmini.infer.gemv import kernel_available
 from krmini.infer.quantize import quantize_model
 from krmini.infer.sampling import SamplingConfig
 
@@ -42,9 +44,17 @@ def test_fused_model_computes_what_the_reference_computes(small_model, dtype):
     assert batch.cache.k[0].dtype == torch.float32  # a bf16 model's cache is fp32 on CPU (faster attention)
 
 
+@pytest.mark.skipif(not kernel_available(), reason="our bf16 kernel needs x86-64 with AVX512-BF16 and a C++ compiler")
+def test_bf16_matmuls_run_our_kernel_where_it_is_available(small_model):
+    fused = fuse_for_decoding(copy.deepcopy(small_model).to(torch.bfloat16))
+    assert sum(isinstance(m, GemvLinear) for m in fused.modules()) == 4 * small_model.config.num_hidden_layers + 1
+    assert not any(isinstance(m, (PackedLinear, nn.Linear)) for m in fused.modules())
+
+
 @pytest.mark.skipif(not can_pack(torch.zeros(1, dtype=torch.bfloat16)),
                     reason="this PyTorch build has no oneDNN (mkldnn) CPU kernels")
-def test_bf16_weights_are_packed_and_small_fp32_ones_are_not(small_model):
+def test_bf16_weights_are_packed_and_small_fp32_ones_are_not(small_model, monkeypatch):
+    monkeypatch.setattr(fused_module, "kernel_available", lambda: False)  # a CPU without AVX512-BF16
     packed = fuse_for_decoding(copy.deepcopy(small_model).to(torch.bfloat16))
     assert sum(isinstance(m, PackedLinear) for m in packed.modules()) == 4 * small_model.config.num_hidden_layers + 1
     assert not any(type(m) is nn.Linear for m in packed.modules())

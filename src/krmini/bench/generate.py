@@ -30,12 +30,14 @@ from krmini.errors import KrminiError
 from krmini.infer.compiled import CompiledDecoder
 from krmini.infer.engine import DecodeBatch
 from krmini.infer.fused import fuse_for_decoding
+from krmini.infer.gemv import kernel_available
 from krmini.infer.quantize import int8_tensors, quantize_model
 from krmini.infer.sampling import SamplingConfig
 from krmini.model import LlamaModel
 from krmini.train.checkpoint import model_tensors
 
 GREEDY = dict(temperature=0.0)
+BF16_MATMUL = {True: "our kernel (AVX512-BF16)", False: "oneDNN"}  # what ours-bf16 decodes with
 OURS_DTYPES = ("fp32", "bf16", "int8")
 
 
@@ -172,6 +174,9 @@ def build_variants(model: LlamaModel, with_hf: bool, compiled: tuple[str, ...]) 
         disk, weights, read = _disk_bytes(model_tensors(m)), _weight_bytes(m), _read_bytes(m)
         variants[f"ours-{name}"] = {"model": fuse_for_decoding(copy.deepcopy(m)), "kind": "ours", "dtype": name,
                                     "disk": disk, "weights": weights, "read": read}
+        if name == "bf16" and kernel_available():  # the same model with oneDNN's matmuls instead of our kernel
+            variants["ours-bf16-onednn"] = variants["ours-bf16"] | {
+                "model": fuse_for_decoding(copy.deepcopy(m), own_kernel=False)}
         if with_hf:
             from krmini.export.hf import to_hf_model
 
@@ -197,6 +202,10 @@ def compile_decoders(variants: dict[str, dict], decode_ids: list[list[int]], new
             for b in (1, 8):
                 _ours(v, decode_ids[:b], min(3, new_tokens))
             v["compile_s"] = time.perf_counter() - start
+
+
+def _speed_ratios(row: dict, other: dict) -> dict[str, float]:
+    return {k: row[k] / other[k] for k in ("prefill_tok_s", "decode_b1_tok_s", "decode_b8_tok_s") if other[k]}
 
 
 def run_benchmark(model: LlamaModel, label: str, threads: int, new_tokens: int, prompt_tokens: int,
@@ -248,11 +257,12 @@ def run_benchmark(model: LlamaModel, label: str, threads: int, new_tokens: int, 
             for ours in (f"ours-{dtype}", f"ours-{dtype}-compile"):
                 other = f"{engine}-{dtype}"
                 if ours in rows and other in rows:
-                    ratios[f"{ours} / {other}"] = {k: rows[ours][k] / rows[other][k] for k in (
-                        "prefill_tok_s", "decode_b1_tok_s", "decode_b8_tok_s") if rows[other][k]}
+                    ratios[f"{ours} / {other}"] = _speed_ratios(rows[ours], rows[other])
+    if "ours-bf16-onednn" in rows:  # what our kernel gains over oneDNN, within the same run
+        ratios["ours-bf16 / ours-bf16-onednn"] = _speed_ratios(rows["ours-bf16"], rows["ours-bf16-onednn"])
     return {"model": label, "parameters": model.num_parameters(), "config": vars(cfg).copy(), "threads": threads,
             "new_tokens": new_tokens, "prefill_tokens": prefill_len, "decode_prompt_tokens": decode_len,
-            "repeats": repeats, "bandwidth_gb_s": bandwidth / 1e9,
+            "repeats": repeats, "bf16_matmul": BF16_MATMUL[kernel_available()], "bandwidth_gb_s": bandwidth / 1e9,
             "bandwidth_runs_gb_s": [round(b / 1e9, 1) for b in bandwidths], "results": rows, "ours_over": ratios,
             "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3,
             "torch": torch.__version__}
@@ -274,7 +284,8 @@ def profile_decode_step(model: LlamaModel, steps: int = 5, rows: int = 15, decod
 def format_table(r: dict) -> str:
     lines = [f"{r['model']}: {r['parameters'] / 1e6:.2f}M parameters, {r['threads']} threads, "
              f"prefill {r['prefill_tokens']} tokens, decode {r['new_tokens']} new tokens after "
-             f"{r['decode_prompt_tokens']}, median of {r['repeats']}; memory bandwidth {r['bandwidth_gb_s']:.1f} GB/s",
+             f"{r['decode_prompt_tokens']}, median of {r['repeats']}; memory bandwidth {r['bandwidth_gb_s']:.1f} GB/s; "
+             f"bf16 matmuls: {r['bf16_matmul']}",
              f"{'engine':<19}{'prefill t/s':>12}{'TTFT ms':>9}{'decode b1':>10}{'decode b8':>10}"
              f"{'bound b1':>9}{'of bound':>9}{'mem MB':>8}{'disk MB':>8}"]
     for name, x in r["results"].items():

@@ -1,0 +1,76 @@
+"""Our bf16 decoding kernel: a float matmul's result, for any shape; built only where it can run."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from krmini.infer import fused as fused_module
+from krmini.infer import gemv
+from krmini.infer.fused import GemvLinear
+
+needs_kernel = pytest.mark.skipif(not gemv.kernel_available(),
+                                  reason="our bf16 kernel needs x86-64 with AVX512-BF16 and a C++ compiler")
+
+
+@needs_kernel
+@pytest.mark.parametrize("rows,out_features,in_features", [
+    (1, 1280, 768),  # a decode step's qkv of the small preset: whole 128-value chunks
+    (1, 7, 100),  # a row shorter than one chunk of four registers, ending in a partial register
+    (1, 33, 2432 + 32 + 17),  # 19 chunks of four registers, one whole register, then a partial one
+    (2, 33, 769),
+    (4, 64, 32),
+    (5, 100, 96),  # four rows of x together, then one
+    (8, 17, 2432),  # batch 8: two passes of four rows
+])
+def test_kernel_equals_a_float_matmul_rounded_to_bf16(rows, out_features, in_features):
+    gen = torch.Generator().manual_seed(rows * out_features + in_features)
+    x = torch.randn(rows, in_features, generator=gen).bfloat16()
+    w = torch.randn(out_features, in_features, generator=gen).bfloat16()
+    want = x.float() @ w.float().T
+    got = gemv.gemv_bf16(x, w)
+    assert got.dtype == torch.bfloat16 and got.shape == (rows, out_features)
+    # only the order of the fp32 sums differs, so the results are within bf16's rounding (2^-9 relative)
+    torch.testing.assert_close(got.float(), want, rtol=2**-8, atol=1e-4)
+
+
+@needs_kernel
+def test_gemv_linear_runs_the_kernel_for_a_few_rows_and_onednn_for_many(monkeypatch):
+    weight = torch.randn(48, 64).bfloat16()
+    layer = GemvLinear(weight)
+    calls = []
+    monkeypatch.setattr(fused_module, "gemv_bf16", lambda x, w: calls.append(x.shape[0]) or gemv.gemv_bf16(x, w))
+    for shape in [(1, 1, 64), (2, 4, 64), (3, 7, 64)]:  # (batch, tokens, features): 1, 8, 21 rows
+        x = torch.randn(shape).bfloat16()
+        torch.testing.assert_close(layer(x).float(), F.linear(x, weight).float(), rtol=2**-8, atol=1e-3)
+    assert calls == [1, 8]  # 21 rows (a prompt) went to oneDNN
+
+
+def test_kernel_is_built_only_for_cpus_with_avx512_bf16(tmp_path, monkeypatch):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512vl avx512_bf16 fma\n")
+    monkeypatch.setattr(gemv.platform, "machine", lambda: "x86_64")
+    assert gemv.cpu_supports_kernel(cpuinfo)
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512vl fma\n")  # no BF16
+    assert not gemv.cpu_supports_kernel(cpuinfo)
+    assert not gemv.cpu_supports_kernel(tmp_path / "missing")
+    monkeypatch.setattr(gemv.platform, "machine", lambda: "arm64")  # Apple silicon
+    assert not gemv.cpu_supports_kernel(cpuinfo)
+
+
+def test_a_failed_build_warns_once_and_decoding_keeps_onednn(monkeypatch):
+    from torch.utils import cpp_extension
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("Error building extension 'krmini_gemv_bf16': c++: not found")
+
+    monkeypatch.setattr(gemv, "cpu_supports_kernel", lambda: True)
+    monkeypatch.setattr(cpp_extension, "load", no_compiler)
+    path = gemv.os.environ["PATH"]
+    with pytest.warns(UserWarning, match=r"^the bf16 decoding kernel could not be built \(Error building extension "
+                                         r"'krmini_gemv_bf16': c\+\+: not found\); decoding uses oneDNN$"):
+        assert gemv.kernel_available.__wrapped__() is False
+    assert gemv.os.environ["PATH"] == path  # the builder's PATH change does not outlive the build
+    monkeypatch.setenv("KRMINI_GEMV", "0")  # the user's switch: no build attempted, no warning
+    assert gemv.kernel_available.__wrapped__() is False
