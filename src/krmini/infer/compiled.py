@@ -38,7 +38,8 @@ CPU_WRAPPER = {"cpp_wrapper": True}
 # single row against a small matrix the call's fixed cost dominates (2-5 µs against ~20 µs).
 CPU_GEMM = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN",
             "autotune_num_choices_displayed": 0, "max_autotune_report_choices_stats": False}  # quiet
-# The autotuner times each matmul alone, with its weight hot in cache. Once a bf16 model's weights
+# Where our bf16 kernel runs (`gemv.py`) the bf16 matmuls are its calls and there is nothing to tune.
+# Elsewhere: the autotuner times each matmul alone, with its weight hot in cache. Once a bf16 model's weights
 # are well past the CPU's cache they stream from memory on every token, and there the bf16
 # micro-GEMMs it picked ran at 17-19 GB/s against oneDNN's 24-33 (135M model, x86-64 without AMX):
 # past this size bf16 keeps oneDNN. fp32 and int8 of that model gained from it (fp32 87.9 against 67.3

@@ -16,11 +16,13 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import sys
 import warnings
 from pathlib import Path
 
 import torch
 
+NAME = "krmini_gemv_bf16"
 SOURCE = Path(__file__).with_name("gemv_bf16.cpp")
 CPU_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"}
 COMPILE_FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16"]
@@ -47,13 +49,20 @@ def kernel_available() -> bool:
         return False
     from torch.utils import cpp_extension
 
+    # one build per PyTorch version (the extension builder itself only notices changed sources), under
+    # the builder's own root (TORCH_EXTENSIONS_DIR or its default)
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
+    build_dir = Path(root) / f"krmini-gemv-torch{torch.__version__}"
+    if not any(build_dir.glob(f"{NAME}*.so")):
+        print(f"building the bf16 decoding kernel once, ~10 s ({build_dir})", file=sys.stderr, flush=True)
+    build_dir.mkdir(parents=True, exist_ok=True)
     path = os.environ.get("PATH", "")
     try:
         import ninja  # PyTorch's extension builder runs the `ninja` program, which this package ships
 
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + path
-        cpp_extension.load("krmini_gemv_bf16", [str(SOURCE)], extra_cflags=COMPILE_FLAGS, extra_ldflags=["-fopenmp"],
-                           is_python_module=False, verbose=False)
+        cpp_extension.load(NAME, [str(SOURCE)], extra_cflags=COMPILE_FLAGS, extra_ldflags=["-fopenmp"],
+                           build_directory=str(build_dir), is_python_module=False, verbose=False)
     except (ImportError, OSError, RuntimeError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         warnings.warn(f"the bf16 decoding kernel could not be built ({reason}); decoding uses oneDNN", stacklevel=2)
