@@ -70,17 +70,22 @@ def test_a_new_generation_length_reuses_the_compiled_graph(compiled):
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
 
 
-@pytest.mark.skipif(not kernel_available(), reason="our bf16 kernel needs x86-64 with AVX512-BF16 and a C++ compiler")
-def test_compiled_bf16_decoding_calls_our_kernel_and_gives_the_eager_tokens(small_model):
-    model = fuse_for_decoding(copy.deepcopy(small_model).to(torch.bfloat16))
+@pytest.mark.skipif(not kernel_available(), reason="our kernels need x86-64 with AVX512-BF16 and a C++ compiler")
+@pytest.mark.parametrize("kind", ["bf16", "int8"])
+def test_compiled_decoding_calls_our_kernels_and_gives_the_eager_tokens(small_model, kind, monkeypatch):
+    monkeypatch.setattr("krmini.infer.fused.INT8_KERNEL_MIN_BYTES", 0)  # the int8 kernel for a model this small too
+    model = copy.deepcopy(small_model)
+    model = (quantize_model(model) if kind == "int8" else model).to(torch.bfloat16)
+    model = fuse_for_decoding(model)
     decoder = CompiledDecoder(model)
     want, _ = _run(model, [PROMPTS[1]])
     _run(model, [PROMPTS[1]], decoder, new_tokens=2)  # compile outside the profile
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         got, _ = _run(model, [PROMPTS[1]], decoder)
     assert got == want
-    calls = sum(e.count for e in prof.key_averages() if e.key == "krmini::gemv_bf16")
-    assert calls >= 11 * (4 * small_model.config.num_hidden_layers + 1)  # every matmul of the 11 compiled steps
+    calls = sum(e.count for e in prof.key_averages() if e.key == f"krmini::gemv_{kind}")
+    matmuls = {"bf16": 4, "int8": 7}[kind] * small_model.config.num_hidden_layers + 1  # int8 layers are not fused
+    assert calls >= 11 * matmuls  # every matmul of the 11 compiled steps
 
 
 def test_slot_attention_equals_sdpa_over_the_written_slots():

@@ -1,6 +1,8 @@
-"""Our bf16 decoding kernel: a float matmul's result, for any shape; built only where it can run."""
+"""Our decoding kernels (bf16, int8): a float matmul's result, for any shape; built only where they can run."""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -8,7 +10,9 @@ import torch.nn.functional as F
 
 from krmini.infer import fused as fused_module
 from krmini.infer import gemv
-from krmini.infer.fused import GemvLinear
+from krmini.infer import quantize as quantize_module
+from krmini.infer.fused import GemvLinear, fuse_for_decoding
+from krmini.infer.quantize import Int8Linear, quantize_model, quantize_rows
 
 needs_kernel = pytest.mark.skipif(not gemv.kernel_available(),
                                   reason="our bf16 kernel needs x86-64 with AVX512-BF16 and a C++ compiler")
@@ -47,6 +51,48 @@ def test_gemv_linear_runs_the_kernel_for_a_few_rows_and_onednn_for_many(monkeypa
     assert calls == [1, 8]  # 21 rows (a prompt) went to oneDNN
 
 
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("rows,out_features,in_features", [
+    (1, 768, 768),  # whole chunks of four registers (64 weights)
+    (1, 9, 100),  # a chunk, two whole registers, then a partial one
+    (2, 33, 2432 + 16 + 5),
+    (5, 40, 64),  # four rows of x together, then one
+])
+def test_int8_kernel_equals_a_float_matmul_of_the_dequantized_weights(dtype, rows, out_features, in_features):
+    gen = torch.Generator().manual_seed(rows * out_features + in_features)
+    q, scale = quantize_rows(torch.randn(out_features, in_features, generator=gen))
+    x, scale = torch.randn(rows, in_features, generator=gen).to(dtype), scale.to(dtype)  # a bf16 model's scales are bf16
+    want = x.float() @ (q.float() * scale.float()[:, None]).T
+    got = gemv.gemv_int8(x, q, scale)
+    assert got.dtype == dtype and got.shape == (rows, out_features)
+    tolerance = 2**-8 if dtype == torch.bfloat16 else 1e-5
+    torch.testing.assert_close(got.float(), want, rtol=tolerance, atol=1e-4, check_dtype=False)
+
+
+@needs_kernel
+def test_int8_layers_run_the_kernel_for_one_or_two_rows_once_fused(small_model, monkeypatch):
+    model = quantize_model(copy.deepcopy(small_model)).to(torch.bfloat16)
+    layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    assert not any(m.own_kernel for m in layers)  # training, evaluation and export keep PyTorch's kernel
+    assert not any(m.own_kernel for m in fuse_for_decoding(copy.deepcopy(model), own_kernel=False).modules()
+                   if isinstance(m, Int8Linear))
+    fused = fuse_for_decoding(copy.deepcopy(model))
+    assert not any(m.own_kernel for m in fused.modules() if isinstance(m, Int8Linear))  # 0.1 MB sits in cache
+    monkeypatch.setattr(fused_module, "INT8_KERNEL_MIN_BYTES", 0)
+    fuse_for_decoding(model)
+    table = model.model.embed_tokens.head  # untied: looked up a row at a time, never multiplied
+    assert all(m.own_kernel for m in layers if m is not table) and not table.own_kernel
+    calls = []
+    monkeypatch.setattr(quantize_module, "gemv_int8", lambda x, w, s: calls.append(x.shape[0]) or gemv.gemv_int8(x, w, s))
+    head = model.lm_head
+    for shape in [(1, 1, 64), (2, 1, 64), (1, 3, 64)]:  # 1, 2 and 3 rows
+        x = torch.randn(shape).bfloat16()
+        want = x.float() @ (head.weight.float() * head.weight_scale.float()[:, None]).T
+        torch.testing.assert_close(head(x).float(), want, rtol=2**-7, atol=1e-3)
+    assert calls == [1, 2]  # three rows went to torch._weight_int8pack_mm
+
+
 def test_kernel_is_built_only_for_cpus_with_avx512_bf16(tmp_path, monkeypatch):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512vl avx512_bf16 fma\n")
@@ -63,14 +109,14 @@ def test_a_failed_build_warns_once_and_decoding_keeps_onednn(monkeypatch, tmp_pa
     from torch.utils import cpp_extension
 
     def no_compiler(*args, **kwargs):
-        raise RuntimeError("Error building extension 'krmini_gemv_bf16': c++: not found")
+        raise RuntimeError("Error building extension 'krmini_gemv': c++: not found")
 
     monkeypatch.setattr(gemv, "cpu_supports_kernel", lambda: True)
     monkeypatch.setattr(cpp_extension, "load", no_compiler)
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     path = gemv.os.environ["PATH"]
     with pytest.warns(UserWarning, match=r"^the bf16 decoding kernel could not be built \(Error building extension "
-                                         r"'krmini_gemv_bf16': c\+\+: not found\); decoding uses oneDNN$"):
+                                         r"'krmini_gemv': c\+\+: not found\); decoding uses oneDNN$"):
         assert gemv.kernel_available.__wrapped__() is False
     assert gemv.os.environ["PATH"] == path  # the builder's PATH change does not outlive the build
     # a first build says so (it takes seconds), in a directory of its own for this PyTorch version

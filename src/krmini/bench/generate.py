@@ -186,8 +186,8 @@ def build_variants(model: LlamaModel, with_hf: bool, compiled: tuple[str, ...]) 
             variants[f"hf-{name}"] = {"model": hf, "kind": "hf", "dtype": name, "disk": disk, "weights": weights,
                                       "read": read}
     q = quantize_model(copy.deepcopy(model)).to(torch.bfloat16)
-    variants["ours-int8"] = {"model": q, "kind": "ours", "dtype": "int8", "disk": _disk_bytes(int8_tensors(q)),
-                             "weights": _weight_bytes(q), "read": _read_bytes(q)}
+    variants["ours-int8"] = {"model": fuse_for_decoding(q), "kind": "ours", "dtype": "int8",
+                             "disk": _disk_bytes(int8_tensors(q)), "weights": _weight_bytes(q), "read": _read_bytes(q)}
     for dtype in compiled:
         plain = variants[f"ours-{dtype}"]
         variants[f"ours-{dtype}-compile"] = plain | {"decoder": CompiledDecoder(plain["model"])}

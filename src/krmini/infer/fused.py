@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from krmini.infer.gemv import MAX_ROWS, gemv_bf16, kernel_available
+from krmini.infer.gemv import BF16_MAX_ROWS, gemv_bf16, kernel_available
+from krmini.infer.quantize import Int8Linear
 from krmini.model.llama import MLP, Attention, LlamaModel, apply_rope
 
 
@@ -43,7 +44,7 @@ class PackedLinear(nn.Module):
 
 
 class GemvLinear(nn.Module):
-    """y = x Wᵀ in bf16: our kernel for up to MAX_ROWS rows, oneDNN (through `F.linear`) for more."""
+    """y = x Wᵀ in bf16: our kernel for up to BF16_MAX_ROWS rows, oneDNN (through `F.linear`) for more."""
 
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
@@ -51,10 +52,16 @@ class GemvLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
-        if rows.shape[0] > MAX_ROWS:
+        if rows.shape[0] > BF16_MAX_ROWS:
             return F.linear(x, self.weight)
         return gemv_bf16(rows, self.weight).view(*x.shape[:-1], -1)
 
+
+# int8 weights a token reads from which our int8 kernel runs. It wins when the weights stream from
+# memory (135M model: 1.2x eager and compiled); a model whose weights sit in the CPU's caches is
+# bound by arithmetic instead, where PyTorch's int8 kernel was faster (7.7M model: 0.9x eager, 0.8x
+# compiled). Between the two, this is about a large L3 cache.
+INT8_KERNEL_MIN_BYTES = 32 << 20
 
 PACK_FP32_FROM = 1 << 19  # weights; below this MKL's fp32 matrix-vector product is faster
 
@@ -116,8 +123,9 @@ class FusedMLP(nn.Module):
 def fuse_for_decoding(model: LlamaModel, own_kernel: bool = True) -> LlamaModel:
     """Swap every block's attention and MLP for the fused versions (and the LM head's matmul), in place.
 
-    Layers that are not plain float `nn.Linear` (int8, LoRA) are left as they are. `own_kernel=False`
-    keeps bf16 matmuls on oneDNN where our kernel would run (the benchmark compares the two).
+    Layers that are not plain float `nn.Linear` (int8, LoRA) keep their structure; int8 ones run our
+    int8 kernel where it is available. `own_kernel=False` keeps PyTorch's matmuls (oneDNN, int8pack)
+    where our kernels would run (the benchmark compares the two).
     """
     for block in model.model.layers:
         attn, mlp = block.self_attn, block.mlp
@@ -127,4 +135,10 @@ def fuse_for_decoding(model: LlamaModel, own_kernel: bool = True) -> LlamaModel:
             block.mlp = FusedMLP(mlp, own_kernel)
     if type(model.lm_head) is nn.Linear:
         model.lm_head = linear_for_decoding(model.lm_head.weight, own_kernel)
+    if own_kernel and kernel_available():
+        table = getattr(model.model.embed_tokens, "head", None)  # an int8 embedding: read a row at a time, untied
+        int8 = [m for m in model.modules() if isinstance(m, Int8Linear) and (m is not table or m is model.lm_head)]
+        if sum(m.weight.numel() for m in int8) >= INT8_KERNEL_MIN_BYTES:
+            for module in int8:
+                module.own_kernel = True
     return model

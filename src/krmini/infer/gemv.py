@@ -22,11 +22,14 @@ from pathlib import Path
 
 import torch
 
-NAME = "krmini_gemv_bf16"
-SOURCE = Path(__file__).with_name("gemv_bf16.cpp")
+NAME = "krmini_gemv"
+SOURCE = Path(__file__).with_name("gemv.cpp")
 CPU_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"}
 COMPILE_FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16"]
-MAX_ROWS = 8  # x rows (batch) up to which the kernel beats oneDNN; prefill's many rows go to oneDNN
+# x rows (a step's batch) up to which the kernels beat PyTorch's (oneDNN for bf16, `_weight_int8pack_mm`
+# for int8); more rows (a prompt) go to PyTorch's
+BF16_MAX_ROWS = 8
+INT8_MAX_ROWS = 2
 
 
 def cpu_supports_kernel(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
@@ -70,9 +73,15 @@ def kernel_available() -> bool:
     finally:
         os.environ["PATH"] = path
     torch.library.register_fake("krmini::gemv_bf16")(lambda x, w: x.new_empty(x.shape[0], w.shape[0]))
+    torch.library.register_fake("krmini::gemv_int8")(lambda x, w, scale: x.new_empty(x.shape[0], w.shape[0]))
     return True
 
 
 def gemv_bf16(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x (M, K) @ weight (N, K)ᵀ in bf16 through the kernel (call `kernel_available()` first)."""
     return torch.ops.krmini.gemv_bf16(x, weight)
+
+
+def gemv_int8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """(x (M, K) @ weight (N, K)ᵀ) · scale (N,) for int8 weights, in x's dtype (call `kernel_available()` first)."""
+    return torch.ops.krmini.gemv_int8(x, weight, scale)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
+from krmini.infer.gemv import INT8_MAX_ROWS, gemv_int8
 from krmini.model import LlamaModel
 from krmini.train import checkpoint as ckpt
 
@@ -36,7 +37,13 @@ def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Int8Linear(nn.Module):
-    """y = x · (q · s)ᵀ with q int8 (out, in) and s one scale per output feature."""
+    """y = x · (q · s)ᵀ with q int8 (out, in) and s one scale per output feature.
+
+    `own_kernel` (set by `fuse_for_decoding` where our kernel runs): a step's one or two rows go
+    through our int8 kernel (`gemv.py`), which streams the weights faster than PyTorch's.
+    """
+
+    own_kernel = False
 
     def __init__(self, in_features: int, out_features: int, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
@@ -47,7 +54,11 @@ class Int8Linear(nn.Module):
         scale = self.weight_scale.to(x.dtype)
         if x.device.type == "cpu":
             flat = x.reshape(-1, x.size(-1))
-            return torch._weight_int8pack_mm(flat, self.weight, scale).view(*x.shape[:-1], -1)
+            if self.own_kernel and flat.shape[0] <= INT8_MAX_ROWS:
+                out = gemv_int8(flat, self.weight, self.weight_scale)
+            else:
+                out = torch._weight_int8pack_mm(flat, self.weight, scale)
+            return out.view(*x.shape[:-1], -1)
         return F.linear(x, self.weight.to(x.dtype)) * scale
 
 

@@ -100,7 +100,98 @@ at::Tensor gemv_bf16(const at::Tensor& x, const at::Tensor& w) {
   return y;
 }
 
+constexpr int64_t kFloats = 16;  // fp32 values per 512-bit register
+
+// 16 int8 weights widened to fp32 (n < 16: the first n, zeros after).
+inline __m512 load_int8(const int8_t* p, int64_t n = kFloats) {
+  const __m128i bytes = n == kFloats ? _mm_loadu_si128((const __m128i*)p) : _mm_maskz_loadu_epi8((__mmask16)((1u << n) - 1), p);
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes));
+}
+
+inline __m512 load_floats(const float* p, int64_t n = kFloats) {
+  return n == kFloats ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), p);
+}
+
+// One int8 weight row against one fp32 x row, in four independent sums. The weights stream at a
+// byte each, half of bf16's bytes; widening them to fp32 costs two instructions per 16.
+float dot_row_int8(const int8_t* w, const float* x, int64_t K) {
+  __m512 acc[kSums];
+  #pragma GCC unroll 16
+  for (int u = 0; u < kSums; ++u) acc[u] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + kSums * kFloats <= K; k += kSums * kFloats)
+    #pragma GCC unroll 16
+    for (int u = 0; u < kSums; ++u)
+      acc[u] = _mm512_fmadd_ps(load_int8(w + k + u * kFloats), load_floats(x + k + u * kFloats), acc[u]);
+  for (; k < K; k += kFloats) {
+    const int64_t n = std::min(kFloats, K - k);
+    acc[0] = _mm512_fmadd_ps(load_int8(w + k, n), load_floats(x + k, n), acc[0]);
+  }
+  #pragma GCC unroll 16
+  for (int u = 1; u < kSums; ++u) acc[0] = _mm512_add_ps(acc[0], acc[u]);
+  return _mm512_reduce_add_ps(acc[0]);
+}
+
+// One int8 weight row against R rows of x: each 16 weights are widened once for R products.
+template <int R>
+void dot_rows_int8(const int8_t* w, const float* x, int64_t K, float scale, float* y, int64_t ldy) {
+  __m512 acc[R];
+  #pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; k += kFloats) {
+    const int64_t n = std::min(kFloats, K - k);
+    const __m512 wv = load_int8(w + k, n);
+    #pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) acc[r] = _mm512_fmadd_ps(wv, load_floats(x + r * K + k, n), acc[r]);
+  }
+  #pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) y[r * ldy] = _mm512_reduce_add_ps(acc[r]) * scale;
+}
+
+// y = (x Wᵀ) · scale for int8 W (N, K) with one scale per row, x (M, K) in fp32 or bf16; y in x's dtype.
+at::Tensor gemv_int8(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale) {
+  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1) && scale.numel() == w.size(0),
+              "gemv_int8: expected x (M, K), w (N, K) and scale (N,), got ", x.sizes(), ", ", w.sizes(), " and ",
+              scale.sizes());
+  TORCH_CHECK(w.scalar_type() == at::kChar, "gemv_int8: expected int8 weights");
+  TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu() && scale.device().is_cpu(), "gemv_int8: expected CPU tensors");
+  const at::Tensor xf = x.to(at::kFloat).contiguous(), wc = w.contiguous(), sf = scale.to(at::kFloat).contiguous();
+  const int64_t M = xf.size(0), K = xf.size(1), N = wc.size(0);
+  at::Tensor y = at::empty({M, N}, xf.options());
+  const float* xp = xf.const_data_ptr<float>();
+  const int8_t* wp = wc.const_data_ptr<int8_t>();
+  const float* sp = sf.const_data_ptr<float>();
+  float* yp = y.mutable_data_ptr<float>();
+  const int64_t grain = std::max<int64_t>(1, kBytesPerTask / std::max<int64_t>(1, K));
+  at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      const int8_t* row = wp + n * K;
+      if (M == 1) {
+        yp[n] = dot_row_int8(row, xp, K) * sp[n];
+        continue;
+      }
+      for (int64_t m = 0; m < M; m += kRowsTogether) {
+        const float* xm = xp + m * K;
+        float* ym = yp + m * N + n;
+        switch (std::min<int64_t>(kRowsTogether, M - m)) {
+          case 1: dot_rows_int8<1>(row, xm, K, sp[n], ym, N); break;
+          case 2: dot_rows_int8<2>(row, xm, K, sp[n], ym, N); break;
+          case 3: dot_rows_int8<3>(row, xm, K, sp[n], ym, N); break;
+          default: dot_rows_int8<4>(row, xm, K, sp[n], ym, N); break;
+        }
+      }
+    }
+  });
+  return y.to(x.scalar_type());
+}
+
 }  // namespace
 
-TORCH_LIBRARY(krmini, m) { m.def("gemv_bf16(Tensor x, Tensor w) -> Tensor"); }
-TORCH_LIBRARY_IMPL(krmini, CPU, m) { m.impl("gemv_bf16", gemv_bf16); }
+TORCH_LIBRARY(krmini, m) {
+  m.def("gemv_bf16(Tensor x, Tensor w) -> Tensor");
+  m.def("gemv_int8(Tensor x, Tensor w, Tensor scale) -> Tensor");
+}
+TORCH_LIBRARY_IMPL(krmini, CPU, m) {
+  m.impl("gemv_bf16", gemv_bf16);
+  m.impl("gemv_int8", gemv_int8);
+}
