@@ -115,12 +115,12 @@ def test_a_failed_build_warns_once_and_decoding_keeps_onednn(monkeypatch, tmp_pa
     monkeypatch.setattr(cpp_extension, "load", no_compiler)
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     path = gemv.os.environ["PATH"]
-    with pytest.warns(UserWarning, match=r"^the bf16 decoding kernel could not be built \(Error building extension "
-                                         r"'krmini_gemv': c\+\+: not found\); decoding uses oneDNN$"):
+    with pytest.warns(UserWarning, match=r"^the decoding kernels could not be built \(Error building extension "
+                                         r"'krmini_gemv': c\+\+: not found\); decoding uses PyTorch's kernels$"):
         assert gemv.kernel_available.__wrapped__() is False
     assert gemv.os.environ["PATH"] == path  # the builder's PATH change does not outlive the build
     # a first build says so (it takes seconds), in a directory of its own for this PyTorch version
-    assert capsys.readouterr().err == (f"building the bf16 decoding kernel once, ~10 s "
+    assert capsys.readouterr().err == (f"building the decoding kernels once, ~10 s "
                                        f"({tmp_path / f'krmini-gemv-torch{torch.__version__}'})\n")
     monkeypatch.setenv("KRMINI_GEMV", "0")  # the user's switch: no build attempted, no warning
     assert gemv.kernel_available.__wrapped__() is False

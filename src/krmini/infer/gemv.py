@@ -1,14 +1,15 @@
-"""Our bf16 matrix-vector kernel for decoding (`gemv_bf16.cpp`), built on first use.
+"""Our bf16 and int8 matrix-vector kernels for decoding (`gemv.cpp`), built on first use.
 
-At batch 1 a decode step reads every weight once, so a bf16 model decodes as fast as its weights
-stream from memory. oneDNN's packed bf16 kernel streamed the 135M model's matrices at 31-45 GB/s on
-this project's 2-core x86-64 machine (AVX512-BF16, no AMX); a plain kernel that walks each weight
-row start to end with four independent sums streamed them at 58-64 GB/s in the same runs.
+At batch 1 a decode step reads every weight once, so a model decodes as fast as its weights stream
+from memory. oneDNN's packed bf16 kernel streamed the 135M model's matrices at 32-45 GB/s on this
+project's 2-core x86-64 machine (AVX512-BF16, no AMX); a plain kernel that walks each weight row
+start to end with four independent sums streamed them at 44-64 GB/s in the same runs. The int8
+kernel does the same with int8 rows widened to fp32 (1.2x PyTorch's int8 kernel on that model).
 
-It is compiled with PyTorch's C++ extension builder the first time a bf16 model is fused for
-decoding (~15 s, then cached), and used only where it was measured: x86-64 CPUs with AVX512-BF16
+They are compiled with PyTorch's C++ extension builder the first time a model is fused for
+decoding (~7 s, then cached), and used only where they were measured: x86-64 CPUs with AVX512-BF16
 (recent AMD and Intel server chips). Elsewhere, or when there is no C++ compiler, decoding keeps
-oneDNN. `KRMINI_GEMV=0` turns it off.
+oneDNN and PyTorch's int8 kernel. `KRMINI_GEMV=0` turns them off.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def kernel_available() -> bool:
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
     build_dir = Path(root) / f"krmini-gemv-torch{torch.__version__}"
     if not any(build_dir.glob(f"{NAME}*.so")):
-        print(f"building the bf16 decoding kernel once, ~10 s ({build_dir})", file=sys.stderr, flush=True)
+        print(f"building the decoding kernels once, ~10 s ({build_dir})", file=sys.stderr, flush=True)
     build_dir.mkdir(parents=True, exist_ok=True)
     path = os.environ.get("PATH", "")
     try:
@@ -68,7 +69,7 @@ def kernel_available() -> bool:
                            build_directory=str(build_dir), is_python_module=False, verbose=False)
     except (ImportError, OSError, RuntimeError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        warnings.warn(f"the bf16 decoding kernel could not be built ({reason}); decoding uses oneDNN", stacklevel=2)
+        warnings.warn(f"the decoding kernels could not be built ({reason}); decoding uses PyTorch's kernels", stacklevel=2)
         return False
     finally:
         os.environ["PATH"] = path
