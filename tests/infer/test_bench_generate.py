@@ -15,7 +15,9 @@ def test_benchmark_reports_ours_and_hf(small_model):
     # with our bf16 kernel, the same bf16 model also runs on oneDNN, to show the kernel's gain
     onednn = {"ours-bf16-onednn"} if kernel_available() else set()
     assert set(r["results"]) == {"ours-fp32", "hf-fp32", "ours-bf16", "hf-bf16", "ours-int8"} | onednn
-    assert r["bf16_matmul"] == ("our kernel (AVX512-BF16)" if onednn else "oneDNN")
+    # the micro model's int8 weights sit in cache, so its int8 rows keep PyTorch's kernel (fused.INT8_KERNEL_MIN_BYTES)
+    assert r["our_kernels"] == (["ours-bf16"] if onednn else [])
+    assert f"our matmul kernels in: {'ours-bf16' if onednn else 'none (PyTorch kernels throughout)'}" in format_table(r)
     if onednn:
         assert r["ours_over"]["ours-bf16 / ours-bf16-onednn"]["decode_b1_tok_s"] == pytest.approx(
             r["results"]["ours-bf16"]["decode_b1_tok_s"] / r["results"]["ours-bf16-onednn"]["decode_b1_tok_s"])

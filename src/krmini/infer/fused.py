@@ -6,9 +6,10 @@ changing what is computed:
 
 * **Fused projections.** q, k and v are one matmul against the three weights stacked, and RoPE
   rotates q and k in one pass; gate and up are one matmul. 7 matmuls per layer become 4.
-* **Our bf16 kernel** (`gemv.py`): where the CPU has AVX512-BF16, a bf16 matmul over a few rows
+* **Our kernels** (`gemv.py`): where the CPU has AVX512-BF16, a bf16 matmul over a few rows
   (decoding, batch ≤ 8) runs our own kernel, which streams the weights 1.3-1.5× faster than oneDNN;
-  more rows (prefill) still go to oneDNN.
+  more rows (prefill) still go to oneDNN. int8 layers (`Int8Linear`) of a model large enough to
+  stream from memory run our int8 kernel for one or two rows.
 * **Packed weights.** Elsewhere, in bf16, `F.linear` on CPU hands the weight to oneDNN in PyTorch's row-major
   layout and oneDNN reorders it into its blocked layout on every call. Packing once
   (`torch.ops.mkldnn._reorder_linear_weight`, the kernels `torch.compile` uses on CPU with frozen
