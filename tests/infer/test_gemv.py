@@ -93,6 +93,12 @@ def test_int8_layers_run_the_kernel_for_one_or_two_rows_once_fused(small_model, 
     assert calls == [1, 2]  # three rows went to torch._weight_int8pack_mm
 
 
+def test_an_fp32_model_never_builds_the_kernels(small_model, monkeypatch):
+    monkeypatch.setattr(fused_module, "kernel_available", lambda: pytest.fail("fp32 decoding asked for our kernels"))
+    monkeypatch.setattr(fused_module, "INT8_KERNEL_MIN_BYTES", 0)
+    fuse_for_decoding(copy.deepcopy(small_model))  # `krmini demo` generates in fp32: no build, no message
+
+
 def test_kernel_is_built_only_for_cpus_with_avx512_bf16(tmp_path, monkeypatch):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512vl avx512_bf16 fma\n")
