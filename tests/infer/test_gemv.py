@@ -68,6 +68,8 @@ def test_int8_kernel_equals_a_float_matmul_of_the_dequantized_weights(dtype, row
     assert got.dtype == dtype and got.shape == (rows, out_features)
     tolerance = 2**-8 if dtype == torch.bfloat16 else 1e-5
     torch.testing.assert_close(got.float(), want, rtol=tolerance, atol=1e-4, check_dtype=False)
+    with pytest.raises(RuntimeError, match="expected one CPU scale per row, in x's dtype"):
+        gemv.gemv_int8(x, q, scale.double())
 
 
 @needs_kernel
@@ -111,7 +113,7 @@ def test_kernel_is_built_only_for_cpus_with_avx512_bf16(tmp_path, monkeypatch):
     assert not gemv.cpu_supports_kernel(cpuinfo)
 
 
-def test_a_failed_build_warns_once_and_decoding_keeps_onednn(monkeypatch, tmp_path, capsys):
+def test_a_failed_build_warns_and_decoding_keeps_pytorchs_kernels(monkeypatch, tmp_path, capsys):
     from torch.utils import cpp_extension
 
     def no_compiler(*args, **kwargs):

@@ -138,8 +138,8 @@ def fuse_for_decoding(model: LlamaModel, own_kernel: bool = True) -> LlamaModel:
         model.lm_head = linear_for_decoding(model.lm_head.weight, own_kernel)
     table = getattr(model.model.embed_tokens, "head", None)  # an int8 embedding: read a row at a time, untied
     int8 = [m for m in model.modules() if isinstance(m, Int8Linear) and (m is not table or m is model.lm_head)]
-    # (max(1, …): a model without int8 layers, such as an fp32 one, never builds the kernels)
-    if own_kernel and sum(m.weight.numel() for m in int8) >= max(1, INT8_KERNEL_MIN_BYTES) and kernel_available():
+    # a model without int8 layers, such as an fp32 one, never builds the kernels
+    if own_kernel and int8 and sum(m.weight.numel() for m in int8) >= INT8_KERNEL_MIN_BYTES and kernel_available():
         for module in int8:
             module.own_kernel = True
     return model

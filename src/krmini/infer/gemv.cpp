@@ -94,18 +94,19 @@ void dot_rows(const typename T::Weight* w, const typename T::Input* x, int64_t K
   for (int r = 0; r < R; ++r) out[r] = _mm512_reduce_add_ps(acc[r]);
 }
 
-// y (M, N) fp32 = x Wᵀ, times scale[n] per weight row where `scale` is given. Threads split W's rows.
-template <class T>
-void gemv(const typename T::Input* x, const typename T::Weight* w, const float* scale, int64_t M, int64_t K,
-          int64_t N, float* y) {
+// y (M, N) = x Wᵀ, times scale[n] per weight row where `scale` is given, written in y's type (each
+// sum rounded once). Threads split W's rows.
+template <class T, class Out>
+void gemv(const typename T::Input* x, const typename T::Weight* w, const Out* scale, int64_t M, int64_t K, int64_t N,
+          Out* y) {
   const int64_t grain = std::max<int64_t>(1, kBytesPerTask / std::max<int64_t>(1, K * sizeof(typename T::Weight)));
   at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
     float out[kRowsTogether];
     for (int64_t n = begin; n < end; ++n) {
       const typename T::Weight* row = w + n * K;
-      const float s = scale ? scale[n] : 1.f;
+      const float s = scale ? static_cast<float>(scale[n]) : 1.f;
       if (M == 1) {
-        y[n] = dot_row<T>(row, x, K) * s;
+        y[n] = Out(dot_row<T>(row, x, K) * s);
         continue;
       }
       for (int64_t m = 0; m < M; m += kRowsTogether) {  // x rows four at a time, the weight row hot in L1
@@ -117,7 +118,7 @@ void gemv(const typename T::Input* x, const typename T::Weight* w, const float* 
           case 3: dot_rows<T, 3>(row, xm, K, out); break;
           default: dot_rows<T, 4>(row, xm, K, out); break;
         }
-        for (int64_t r = 0; r < rows; ++r) y[(m + r) * N + n] = out[r] * s;
+        for (int64_t r = 0; r < rows; ++r) y[(m + r) * N + n] = Out(out[r] * s);
       }
     }
   });
@@ -134,22 +135,30 @@ at::Tensor gemv_bf16(const at::Tensor& x, const at::Tensor& w) {
   check_shapes("gemv_bf16", x, w);
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kBFloat16, "gemv_bf16: expected bf16 tensors");
   const at::Tensor xc = x.contiguous(), wc = w.contiguous();
-  at::Tensor y = at::empty({xc.size(0), wc.size(0)}, xc.options().dtype(at::kFloat));
-  gemv<Bf16>(xc.const_data_ptr<at::BFloat16>(), wc.const_data_ptr<at::BFloat16>(), nullptr, xc.size(0), xc.size(1),
-             wc.size(0), y.mutable_data_ptr<float>());
-  return y.to(at::kBFloat16);
+  at::Tensor y = at::empty({xc.size(0), wc.size(0)}, xc.options());
+  gemv<Bf16, at::BFloat16>(xc.const_data_ptr<at::BFloat16>(), wc.const_data_ptr<at::BFloat16>(), nullptr, xc.size(0),
+                           xc.size(1), wc.size(0), y.mutable_data_ptr<at::BFloat16>());
+  return y;
 }
 
-// fp32 or bf16 x, int8 W with one scale per row → y in x's dtype
+// fp32 or bf16 x, int8 W with one scale per row in x's dtype (as `Int8Linear` keeps them) → y in x's dtype
 at::Tensor gemv_int8(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale) {
   check_shapes("gemv_int8", x, w);
-  TORCH_CHECK(w.scalar_type() == at::kChar && scale.numel() == w.size(0) && scale.device().is_cpu(),
-              "gemv_int8: expected int8 weights and one CPU scale per row");
-  const at::Tensor xf = x.to(at::kFloat).contiguous(), wc = w.contiguous(), sf = scale.to(at::kFloat).contiguous();
-  at::Tensor y = at::empty({xf.size(0), wc.size(0)}, xf.options());
-  gemv<Int8>(xf.const_data_ptr<float>(), wc.const_data_ptr<int8_t>(), sf.const_data_ptr<float>(), xf.size(0),
-             xf.size(1), wc.size(0), y.mutable_data_ptr<float>());
-  return y.to(x.scalar_type());
+  TORCH_CHECK(w.scalar_type() == at::kChar, "gemv_int8: expected int8 weights");
+  TORCH_CHECK(scale.numel() == w.size(0) && scale.scalar_type() == x.scalar_type() && scale.device().is_cpu(),
+              "gemv_int8: expected one CPU scale per row, in x's dtype");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16, "gemv_int8: expected fp32 or bf16 x");
+  const at::Tensor xf = x.to(at::kFloat).contiguous(), wc = w.contiguous(), sc = scale.contiguous();
+  at::Tensor y = at::empty({xf.size(0), wc.size(0)}, x.options());
+  const int64_t M = xf.size(0), K = xf.size(1), N = wc.size(0);
+  if (x.scalar_type() == at::kFloat) {
+    gemv<Int8, float>(xf.const_data_ptr<float>(), wc.const_data_ptr<int8_t>(), sc.const_data_ptr<float>(), M, K, N,
+                      y.mutable_data_ptr<float>());
+  } else {
+    gemv<Int8, at::BFloat16>(xf.const_data_ptr<float>(), wc.const_data_ptr<int8_t>(), sc.const_data_ptr<at::BFloat16>(),
+                             M, K, N, y.mutable_data_ptr<at::BFloat16>());
+  }
+  return y;
 }
 
 }  // namespace

@@ -54,11 +54,8 @@ class Int8Linear(nn.Module):
         scale = self.weight_scale.to(x.dtype)
         if x.device.type == "cpu":
             flat = x.reshape(-1, x.size(-1))
-            if self.own_kernel and flat.shape[0] <= INT8_MAX_ROWS:
-                out = gemv_int8(flat, self.weight, self.weight_scale)
-            else:
-                out = torch._weight_int8pack_mm(flat, self.weight, scale)
-            return out.view(*x.shape[:-1], -1)
+            matmul = gemv_int8 if self.own_kernel and flat.shape[0] <= INT8_MAX_ROWS else torch._weight_int8pack_mm
+            return matmul(flat, self.weight, scale).view(*x.shape[:-1], -1)
         return F.linear(x, self.weight.to(x.dtype)) * scale
 
 
