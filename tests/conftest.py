@@ -173,3 +173,17 @@ def greedy(n: int = MAX_TOKENS):
     from krmini.infer.generate import SamplingConfig
 
     return SamplingConfig(max_new_tokens=n, temperature=0.0, top_k=0, top_p=1.0)
+
+
+@pytest.fixture
+def simulated_avx2(monkeypatch):
+    """This process sees an x86-64 CPU with AVX2 and no AVX-512 (KRMINI_SIMULATE_CPU=avx2), with fresh
+    probe verdicts, so a machine that has AVX-512 still exercises the fallbacks."""
+    from krmini import hardware
+
+    monkeypatch.setenv(hardware.SIMULATE_ENV, "avx2")
+    monkeypatch.setattr(hardware, "VERDICTS", {})
+    monkeypatch.setattr(hardware, "_SAID", set())
+    hardware.cpu.cache_clear()
+    yield hardware
+    hardware.cpu.cache_clear()

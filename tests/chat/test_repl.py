@@ -14,21 +14,23 @@ import torch
 
 from krmini.chat.load import load_chat_model
 from krmini.chat.repl import ChatSession
-from krmini.chat.template import prompt_ids
+from krmini.chat.template import prompt_ids, stop_ids
+from krmini.infer.build import build_engine
 from krmini.infer.generate import SamplingConfig
 
 
 @pytest.fixture(scope="module")
-def loaded(chat_run):
-    return load_chat_model(chat_run, torch.device("cpu"))
+def engine(chat_run):
+    loaded = load_chat_model(chat_run, torch.device("cpu"))
+    return build_engine(loaded, stop_ids=stop_ids(loaded.tokenizer))
 
 
 def greedy(n: int = 20) -> SamplingConfig:
     return SamplingConfig(max_new_tokens=n, temperature=0.0, top_k=0, top_p=1.0, seed=0)
 
 
-def test_reply_streams_and_history_grows(loaded):
-    session = ChatSession(loaded, greedy())
+def test_reply_streams_and_history_grows(engine):
+    session = ChatSession(engine, greedy())
     pieces = list(session.reply("안녕하세요"))
     assert len(pieces) > 1 and all(pieces)
     assert session.history == [{"role": "user", "content": "안녕하세요"}, {"role": "assistant", "content": "".join(pieces)}]
@@ -36,8 +38,8 @@ def test_reply_streams_and_history_grows(loaded):
     assert [m["role"] for m in session.history] == ["user", "assistant", "user", "assistant"]
 
 
-def test_commands(loaded, capsys):
-    session = ChatSession(loaded, greedy())
+def test_commands(engine, capsys):
+    session = ChatSession(engine, greedy())
     list(session.reply("안녕하세요"))
     assert session.command("/temp 0.3") and session.sampling.temperature == 0.3
     assert session.command("/temp abc") and session.sampling.temperature == 0.3
@@ -50,14 +52,14 @@ def test_commands(loaded, capsys):
     assert "history cleared" in out and "/reset" in out
 
 
-def test_oldest_turns_are_dropped_with_notice(loaded):
-    session = ChatSession(loaded, greedy(8))
+def test_oldest_turns_are_dropped_with_notice(engine):
+    session = ChatSession(engine, greedy(8))
     notices = []
     for i in range(12):
         list(session.reply(f"{i}번째 긴 질문입니다. 오늘 날씨가 정말 좋네요, 산책을 갈까요?", notice=notices.append))
     assert notices and "dropped" in notices[0]
     assert len(session.history) < 24 and session.history[-2]["content"].startswith("11번째")
-    assert len(prompt_ids(loaded.tokenizer, session.messages())) <= loaded.model.config.max_position_embeddings
+    assert len(prompt_ids(engine.tokenizer, session.messages())) <= engine.context
 
 
 def _pane(server: str) -> str:
@@ -76,8 +78,8 @@ def _wait(server: str, predicate, timeout: float = 60) -> str:
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (apt-get install -y tmux)")
-def test_korean_typed_in_a_real_terminal_gets_a_reply(chat_run, loaded):
-    expected = "".join(ChatSession(loaded, greedy()).reply("안녕하세요"))
+def test_korean_typed_in_a_real_terminal_gets_a_reply(chat_run, engine):
+    expected = "".join(ChatSession(engine, greedy()).reply("안녕하세요"))
     assert expected.strip()
     server = f"krmini-test-{uuid.uuid4().hex[:8]}"  # a private tmux server: never touches the user's sessions
     env = {**os.environ, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "OMP_NUM_THREADS": "1"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from krmini.bench.generate import format_table, placeholder_vocab, run_benchmark
-from krmini.infer.gemv import kernel_available
+from krmini.infer.fast.gemv import kernel_available
 
 
 def test_benchmark_reports_ours_and_hf(small_model):

@@ -10,12 +10,12 @@ import torch._dynamo.config
 import torch._inductor.config
 
 from krmini.errors import KrminiError
-from krmini.infer import compiled as compiled_module
-from krmini.infer.compiled import CompiledDecoder, SlotCache, cache_length
 from krmini.infer.engine import DecodeBatch
-from krmini.infer.fused import fuse_for_decoding
-from krmini.infer.gemv import kernel_available
-from krmini.infer.quantize import quantize_model
+from krmini.infer.fast import compiled as compiled_module
+from krmini.infer.fast.compiled import CompiledDecoder, SlotCache, cache_length
+from krmini.infer.fast.fused import fuse_for_decoding
+from krmini.infer.fast.gemv import kernel_available
+from krmini.infer.fast.quantize import quantize_model
 from krmini.infer.sampling import SamplingConfig
 from krmini.model.llama import attention
 
@@ -73,7 +73,7 @@ def test_a_new_generation_length_reuses_the_compiled_graph(compiled):
 @pytest.mark.skipif(not kernel_available(), reason="our kernels need x86-64 with AVX512-BF16 and a C++ compiler")
 @pytest.mark.parametrize("kind", ["bf16", "int8"])
 def test_compiled_decoding_calls_our_kernels_and_gives_the_eager_tokens(small_model, kind, monkeypatch):
-    monkeypatch.setattr("krmini.infer.fused.INT8_KERNEL_MIN_BYTES", 0)  # the int8 kernel for a model this small too
+    monkeypatch.setattr("krmini.infer.fast.fused.INT8_KERNEL_MIN_BYTES", 0)  # the int8 kernel for a model this small too
     model = copy.deepcopy(small_model)
     model = (quantize_model(model) if kind == "int8" else model).to(torch.bfloat16)
     model = fuse_for_decoding(model)
@@ -112,7 +112,7 @@ def test_large_bf16_models_skip_the_micro_gemm_autotuning(small_model, monkeypat
 def test_several_decoders_in_one_process_do_not_exhaust_dynamos_recompile_limit(small_model, monkeypatch):
     """Every model is a new graph of one function; Dynamo's per-function limit (8 by default, 1 here)
     must not turn the second decoder into an error."""
-    monkeypatch.setattr("krmini.infer.compiled.CPU_GEMM", {})  # skip the autotuning: this is about graphs
+    monkeypatch.setattr("krmini.infer.fast.compiled.CPU_GEMM", {})  # skip the autotuning: this is about graphs
     with torch._dynamo.config.patch(recompile_limit=1):  # (the config module does not survive monkeypatch)
         for _ in range(2):  # two models: two graphs
             model = fuse_for_decoding(copy.deepcopy(small_model))
@@ -121,7 +121,7 @@ def test_several_decoders_in_one_process_do_not_exhaust_dynamos_recompile_limit(
 
 
 def test_a_failed_compile_is_one_clear_error(small_model, monkeypatch):
-    monkeypatch.setattr("krmini.infer.compiled.CPU_GEMM", {"cpp.cxx": ("/nonexistent/c++",)})  # no C++ compiler
+    monkeypatch.setattr("krmini.infer.fast.compiled.CPU_GEMM", {"cpp.cxx": ("/nonexistent/c++",)})  # no C++ compiler
     model = fuse_for_decoding(copy.deepcopy(small_model))
     with pytest.raises(KrminiError, match="^--compile: torch.compile could not compile the decode step .*"
                                           "run without --compile$"):

@@ -41,7 +41,7 @@ def test_batch_of_different_lengths_equals_one_by_one(trained):
         alone = engine.generate_batch([(prompt, cfg)])[0]
         assert done.token_ids == alone.token_ids
         assert done.texts == alone.texts
-    assert len({len(engine.prompt_ids(p, cfg)) for p in prompts}) >= 3  # really padded
+    assert len({len(engine.prepare(p, cfg)) for p in prompts}) >= 3  # really padded
 
 
 def test_cached_decode_matches_full_recompute(small_model):

@@ -8,11 +8,18 @@ import pytest
 import torch
 from torch import nn
 
-from krmini.infer import fused as fused_module
 from krmini.infer.engine import DecodeBatch
-from krmini.infer.fused import FusedAttention, FusedMLP, GemvLinear, PackedLinear, can_pack, fuse_for_decoding
-from krmini.infer.gemv import kernel_available
-from krmini.infer.quantize import quantize_model
+from krmini.infer.fast import fused as fused_module
+from krmini.infer.fast.fused import (
+    FusedAttention,
+    FusedMLP,
+    GemvLinear,
+    PackedLinear,
+    can_pack,
+    fuse_for_decoding,
+)
+from krmini.infer.fast.gemv import kernel_available
+from krmini.infer.fast.quantize import quantize_model
 from krmini.infer.sampling import SamplingConfig
 
 IDS = torch.tensor([[5, 17, 42, 7, 99, 3, 250, 11]])

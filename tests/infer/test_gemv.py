@@ -8,11 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from krmini.infer import fused as fused_module
-from krmini.infer import gemv
-from krmini.infer import quantize as quantize_module
-from krmini.infer.fused import GemvLinear, fuse_for_decoding
-from krmini.infer.quantize import Int8Linear, quantize_model, quantize_rows
+from krmini import hardware
+from krmini.infer.fast import fused as fused_module
+from krmini.infer.fast import gemv
+from krmini.infer.fast import quantize as quantize_module
+from krmini.infer.fast.fused import GemvLinear, fuse_for_decoding
+from krmini.infer.fast.quantize import Int8Linear, quantize_model, quantize_rows
 
 needs_kernel = pytest.mark.skipif(not gemv.kernel_available(),
                                   reason="our bf16 kernel needs x86-64 with AVX512-BF16 and a C++ compiler")
@@ -101,16 +102,16 @@ def test_an_fp32_model_never_builds_the_kernels(small_model, monkeypatch):
     fuse_for_decoding(copy.deepcopy(small_model))  # `krmini demo` generates in fp32: no build, no message
 
 
-def test_kernel_is_built_only_for_cpus_with_avx512_bf16(tmp_path, monkeypatch):
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512vl avx512_bf16 fma\n")
-    monkeypatch.setattr(gemv.platform, "machine", lambda: "x86_64")
-    assert gemv.cpu_supports_kernel(cpuinfo)
-    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512vl fma\n")  # no BF16
-    assert not gemv.cpu_supports_kernel(cpuinfo)
-    assert not gemv.cpu_supports_kernel(tmp_path / "missing")
-    monkeypatch.setattr(gemv.platform, "machine", lambda: "arm64")  # Apple silicon
-    assert not gemv.cpu_supports_kernel(cpuinfo)
+def test_kernel_is_tried_only_on_cpus_with_avx512_bf16(monkeypatch):
+    monkeypatch.setattr(hardware, "VERDICTS", {})
+    monkeypatch.setenv(hardware.SIMULATE_ENV, "avx2")
+    hardware.cpu.cache_clear()
+    monkeypatch.setattr(gemv, "_build", lambda: pytest.fail("the kernels were built for an AVX2-only CPU"))
+    try:
+        assert gemv.kernel_available() is False
+        assert "lacks avx512f+avx512bw+avx512vl+avx512_bf16" in hardware.VERDICTS["krmini-kernels"].reason
+    finally:
+        hardware.cpu.cache_clear()
 
 
 def test_a_failed_build_warns_and_decoding_keeps_pytorchs_kernels(monkeypatch, tmp_path, capsys):
@@ -119,16 +120,20 @@ def test_a_failed_build_warns_and_decoding_keeps_pytorchs_kernels(monkeypatch, t
     def no_compiler(*args, **kwargs):
         raise RuntimeError("Error building extension 'krmini_gemv': c++: not found")
 
-    monkeypatch.setattr(gemv, "cpu_supports_kernel", lambda: True)
+    monkeypatch.setattr(hardware, "VERDICTS", {})
+    monkeypatch.setattr(hardware, "cpu", lambda: hardware.CPU("test", "x86_64", frozenset(gemv.NEEDS[0])))
+    monkeypatch.setattr(gemv.platform, "machine", lambda: "x86_64")
     monkeypatch.setattr(cpp_extension, "load", no_compiler)
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     path = gemv.os.environ["PATH"]
     with pytest.warns(UserWarning, match=r"^the decoding kernels could not be built \(Error building extension "
                                          r"'krmini_gemv': c\+\+: not found\); decoding uses PyTorch's kernels$"):
-        assert gemv.kernel_available.__wrapped__() is False
+        assert gemv.kernel_available() is False
     assert gemv.os.environ["PATH"] == path  # the builder's PATH change does not outlive the build
     # a first build says so (it takes seconds), in a directory of its own for this PyTorch version
     assert capsys.readouterr().err == (f"building the decoding kernels once, ~10 s "
                                        f"({tmp_path / f'krmini-gemv-torch{torch.__version__}'})\n")
+    assert gemv.kernel_available() is False  # the verdict is cached: one build attempt, one warning
+    monkeypatch.setattr(hardware, "VERDICTS", {})
     monkeypatch.setenv("KRMINI_GEMV", "0")  # the user's switch: no build attempted, no warning
-    assert gemv.kernel_available.__wrapped__() is False
+    assert gemv.kernel_available() is False and not hardware.VERDICTS

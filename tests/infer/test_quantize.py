@@ -7,8 +7,8 @@ import shutil
 import torch
 
 from krmini.infer.engine import Engine
+from krmini.infer.fast.quantize import Int8Linear, quantize_model, quantize_rows
 from krmini.infer.load import load_model
-from krmini.infer.quantize import Int8Linear, quantize_model, quantize_rows
 from krmini.infer.sampling import SamplingConfig
 
 

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 import json
 import queue
 import time
 import urllib.error
 import urllib.request
+from dataclasses import replace
 
 import pytest
 
 from krmini.chat.template import prompt_ids, stop_ids
+from krmini.infer.build import build_engine
 from krmini.infer.generate import TextStream, generate_ids, stream_text
 from krmini.infer.textstream import StopStrings
-from krmini.serve.engine import Done, Engine, Job
+from krmini.serve.worker import Done, Job, Worker
 from tests.conftest import MAX_TOKENS, greedy
 
 openai = pytest.importorskip("openai", reason="the openai client is in the dev extra: pip install -e '.[dev]'")
@@ -162,17 +165,40 @@ def test_stop_strings_hold_back_possible_prefixes():
     assert StopStrings(()).feed("그대로") == ("그대로", False)
 
 
-def test_engine_worker_survives_a_failing_request(chat_local):
-    engine = Engine(chat_local, stop_ids(chat_local.tokenizer))
+def test_worker_survives_a_failing_batch(chat_local):
+    engine = build_engine(copy.deepcopy(chat_local), stop_ids=stop_ids(chat_local.tokenizer))
+    worker = Worker(engine)
     events: queue.Queue = queue.Queue()
     ids = prompt_ids(chat_local.tokenizer, HELLO)
-    engine.submit(Job([], greedy(), events.put))  # empty prompt: rejected on its own
-    engine.submit(Job(ids, greedy(4), events.put))
-    done = []
+    vocab = chat_local.model.config.vocab_size
+    worker.submit(Job([vocab + 5], greedy(), lambda s, e: events.put(e)))  # an id past the vocabulary: fails inside
+    done = [events.get(timeout=60)]
+    worker.submit(Job(ids, greedy(4), lambda s, e: events.put(e)))  # the next batch is served as usual
     while len(done) < 2:
         event = events.get(timeout=60)
         if isinstance(event, Done):
             done.append(event)
-    engine.close()
-    assert done[0].finish_reason == "error" and "prompt" in done[0].error and not done[0].internal
+    worker.close()
+    assert done[0].finish_reason == "error" and done[0].internal
     assert done[1].error is None and 1 <= done[1].completion_tokens <= 4
+
+
+def test_n_choices_share_one_prefill(chat_local, monkeypatch):
+    """A request with n choices is one job of n rows: one prefill for all of them."""
+    engine = build_engine(copy.deepcopy(chat_local), stop_ids=stop_ids(chat_local.tokenizer))
+    ids = engine.prepare(prompt_ids(chat_local.tokenizer, HELLO), greedy(3))
+    prefills = []
+    forward = type(engine.model).forward
+    monkeypatch.setattr(type(engine.model), "forward", lambda self, x, **kw: prefills.append(x.shape) or
+                        forward(self, x, **kw))
+    worker = Worker(engine)
+    events: queue.Queue = queue.Queue()
+    worker.submit(Job(ids, replace(greedy(3), n=3), lambda s, e: events.put((s, e))))
+    dones = {}
+    while len(dones) < 3:
+        sample, event = events.get(timeout=60)
+        if isinstance(event, Done):
+            dones[sample] = event
+    worker.close()
+    assert sorted(dones) == [0, 1, 2] and all(d.error is None for d in dones.values())
+    assert [shape for shape in prefills if shape[1] > 1] == [(1, len(ids))]  # one prompt row, not three

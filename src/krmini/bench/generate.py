@@ -27,11 +27,11 @@ import torch
 from safetensors.torch import save_file
 
 from krmini.errors import KrminiError
-from krmini.infer.compiled import CompiledDecoder
 from krmini.infer.engine import DecodeBatch
-from krmini.infer.fused import GemvLinear, fuse_for_decoding
-from krmini.infer.gemv import kernel_available
-from krmini.infer.quantize import int8_tensors, quantize_model
+from krmini.infer.fast.compiled import CompiledDecoder
+from krmini.infer.fast.fused import GemvLinear, fuse_for_decoding
+from krmini.infer.fast.gemv import kernel_available
+from krmini.infer.fast.quantize import int8_tensors, quantize_model
 from krmini.infer.sampling import SamplingConfig
 from krmini.model import LlamaModel
 from krmini.train.checkpoint import model_tensors
@@ -204,7 +204,7 @@ def compile_decoders(variants: dict[str, dict], decode_ids: list[list[int]], new
 
 
 def _uses_our_kernels(model: torch.nn.Module) -> bool:
-    """Whether any matmul of `model` runs our kernels (`krmini.infer.gemv`): they depend on the CPU and,
+    """Whether any matmul of `model` runs our kernels (`krmini.infer.fast.gemv`): they depend on the CPU and,
     for int8, on the model's size, so the report says where they ran."""
     return any(isinstance(m, GemvLinear) or getattr(m, "own_kernel", False) for m in model.modules())
 

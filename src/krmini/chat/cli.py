@@ -8,8 +8,10 @@ from krmini.chat.load import load_chat_model
 from krmini.chat.lora import parse_lora_spec
 from krmini.chat.repl import ChatSession, repl
 from krmini.chat.sft import run_sft
-from krmini.device import DTYPES, pick_device
-from krmini.infer.cli import add_device_args, add_sampling_args, decoder_from_args, sampling_from_args
+from krmini.chat.template import stop_ids
+from krmini.device import pick_device, pick_dtype
+from krmini.infer.build import build_engine
+from krmini.infer.cli import add_device_args, add_sampling_args, sampling_from_args
 
 
 def register(subparsers) -> None:
@@ -53,8 +55,16 @@ def run_sft_command(args) -> int:
     return 0
 
 
+def chat_engine(args):
+    """The chat model of `args` (RUN, --adapter, --device, --dtype, --compile) as an engine that stops
+    where a reply ends; shared by `krmini chat` and `krmini serve`."""
+    device = pick_device(args.device)
+    loaded = load_chat_model(args.model, device, args.adapter, pick_dtype(args.dtype, device))
+    return build_engine(loaded, compile=args.compile, stop_ids=stop_ids(loaded.tokenizer))
+
+
 def run_chat(args) -> int:
-    loaded = load_chat_model(args.model, pick_device(args.device), args.adapter, DTYPES[args.dtype])
-    repl(ChatSession(loaded, sampling_from_args(args), system=args.system,
-                     decoder=decoder_from_args(args, loaded.model)))
+    sampling = sampling_from_args(args)
+    sampling.validate()
+    repl(ChatSession(chat_engine(args), sampling, system=args.system))
     return 0

@@ -10,7 +10,6 @@ from krmini.chat.lora import LoraConfig, apply_lora, load_adapter, merge_lora
 from krmini.chat.template import END
 from krmini.config import from_dict
 from krmini.errors import KrminiError
-from krmini.infer.fused import fuse_for_decoding
 from krmini.infer.load import LoadedModel, load_checkpoint_tokenizer, load_model
 from krmini.model import LlamaModel
 from krmini.train import checkpoint as ckpt
@@ -18,8 +17,8 @@ from krmini.train import checkpoint as ckpt
 
 def load_chat_model(run_or_ckpt: str | Path, device: torch.device, adapter: str | Path | None = None,
                     dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Merged, eval-mode model (fused for decoding) and its tokenizer; merging once makes generation
-    as fast as a plain model."""
+    """Merged, eval-mode model and its tokenizer (merging once makes generation as fast as a plain
+    model); `krmini.infer.build.build_engine` makes an engine of it."""
     path = ckpt.resolve_checkpoint(run_or_ckpt)
     state = ckpt.read_state(path)
     lora = (state.get("run_config") or {}).get("lora")
@@ -39,5 +38,4 @@ def load_chat_model(run_or_ckpt: str | Path, device: torch.device, adapter: str 
         model = merge_lora(model).to(device=device, dtype=dtype).eval()
         loaded = LoadedModel(model, load_checkpoint_tokenizer(path, config), path)
     loaded.tokenizer.token_id(END)  # fails clearly for a tokenizer without chat tokens
-    fuse_for_decoding(loaded.model)
     return loaded

@@ -11,11 +11,10 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
-from krmini.chat.template import fit_history, prompt_ids, stop_ids
+from krmini.chat.template import fit_history, prompt_ids
 from krmini.errors import KrminiError
-from krmini.infer.compiled import CompiledDecoder
-from krmini.infer.generate import SamplingConfig, TextStream, generate_ids
-from krmini.infer.load import LoadedModel
+from krmini.infer.engine import Engine
+from krmini.infer.sampling import SamplingConfig
 
 try:  # noqa: SIM105 - readline gives input() line editing where the platform has it
     import readline  # noqa: F401
@@ -28,20 +27,21 @@ HELP = ("명령 / commands: /reset 대화 지우기 (clear history) · /system T
 
 @dataclass
 class ChatSession:
-    """A conversation with a loaded model: history, system prompt and sampling settings."""
+    """A conversation through an engine (stopping at the chat template's stop ids): history, system
+    prompt and sampling settings. Replies stream through `Engine.stream`, so stop strings, special
+    tokens and the compiled step behave as in `krmini generate` and the server."""
 
-    loaded: LoadedModel
+    engine: Engine
     sampling: SamplingConfig
     system: str = ""
     history: list[dict] = field(default_factory=list)
-    decoder: CompiledDecoder | None = None  # decode through torch.compile (`--compile`)
 
     def messages(self) -> list[dict]:
         return ([{"role": "system", "content": self.system}] if self.system else []) + self.history
 
     def reply(self, text: str, notice=print) -> Iterator[str]:
         """Stream the reply to `text`; the history keeps both once the reply is complete."""
-        tokenizer, context = self.loaded.tokenizer, self.loaded.model.config.max_position_embeddings
+        tokenizer, context = self.engine.tokenizer, self.engine.context
         budget = max(context - self.sampling.max_new_tokens, context // 2)
         messages, dropped = fit_history(tokenizer, [*self.messages(), {"role": "user", "content": text}], budget)
         if dropped:
@@ -52,16 +52,10 @@ class ChatSession:
         if len(ids) >= context:
             raise KrminiError(f"message: {len(ids)} tokens with the system prompt, more than the "
                               f"{context}-token context; send a shorter message")
-        stream, pieces = TextStream(tokenizer), []
-        for tid in generate_ids(self.loaded.model, ids, self.sampling, stop_ids(tokenizer), self.decoder):
-            piece = stream.push(tid)
-            if piece:
-                pieces.append(piece)
-                yield piece
-        tail = stream.flush()
-        if tail:
-            pieces.append(tail)
-            yield tail
+        pieces = []
+        for piece in self.engine.stream(ids, self.sampling):
+            pieces.append(piece)
+            yield piece
         self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": "".join(pieces)}]
         if self.sampling.seed is not None:  # reproducible, but not the same random draws every turn
             self.sampling = replace(self.sampling, seed=self.sampling.seed + 1)
@@ -89,7 +83,7 @@ class ChatSession:
 
 
 def repl(session: ChatSession, out=sys.stdout) -> None:
-    out.write(f"krmini chat — {session.loaded.path}\n{HELP}\n")
+    out.write(f"krmini chat — {session.engine.source}\n{HELP}\n")
     while True:
         try:
             line = input("나> ").strip()

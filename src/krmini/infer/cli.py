@@ -9,13 +9,10 @@ from pathlib import Path
 import torch
 
 from krmini.config import from_dict
-from krmini.device import DTYPES, pick_device
 from krmini.errors import KrminiError
-from krmini.infer.compiled import CompiledDecoder
-from krmini.infer.engine import Engine
-from krmini.infer.fused import fuse_for_decoding
+from krmini.infer.build import build_engine
+from krmini.infer.fast.quantize import quantize_model, save_int8
 from krmini.infer.load import load_model
-from krmini.infer.quantize import quantize_model, save_int8
 from krmini.infer.sampling import TRUNCATE_MODES, SamplingConfig
 from krmini.train import checkpoint as ckpt
 
@@ -23,18 +20,11 @@ from krmini.train import checkpoint as ckpt
 def add_device_args(p) -> None:
     """--device, --dtype and --compile for the commands that generate (generate, chat, serve)."""
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
-    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
-                   help="weights/activations (default: fp32; bf16 halves memory and is faster on most CPUs)")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "auto"), default="fp32",
+                   help="weights/activations (default: fp32; bf16 halves memory and is faster on CPUs with "
+                   "native bf16; auto: bf16 where it is native, `krmini doctor` tells)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the decode step: faster tokens after a one-time compile (CPU, CUDA)")
-
-
-def decoder_from_args(args, model) -> CompiledDecoder | None:
-    if not args.compile:
-        return None
-    print("--compile: the decode step compiles on first use (20-80 s on a 2-core CPU, less once cached)",
-          file=sys.stderr, flush=True)
-    return CompiledDecoder(model)
 
 
 def add_sampling_args(p) -> None:
@@ -83,13 +73,12 @@ def register(subparsers) -> None:
 
 
 def run_generate(args) -> int:
-    loaded = load_model(args.model, pick_device(args.device), DTYPES[args.dtype])
     cfg = sampling_from_args(args)
-    model = fuse_for_decoding(loaded.model)
-    engine = Engine(model, loaded.tokenizer, decoder=decoder_from_args(args, model))
+    engine = build_engine(args.model, args.device, args.dtype, args.compile)
     if len(args.prompt) == 1:
+        pieces = engine.stream(args.prompt[0], cfg)  # checks the request before anything is printed
         sys.stdout.write(args.prompt[0])
-        for piece in engine.stream(args.prompt[0], cfg):
+        for piece in pieces:
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")

@@ -10,18 +10,26 @@ so a row computes what it would alone. Everything per step is preallocated or a 
 mask, positions); what remains per token is the model's own activations and the logits.
 
 The CLI, the chat REPL and the server all use this one engine: `Engine.stream` for a single
-streamed prompt, `Engine.stream_batch` / `Engine.generate_batch` for concurrent requests.
+streamed prompt, `Engine.stream_batch` / `Engine.generate_batch` for concurrent requests. It is the
+plain path and depends only on the model, sampling and text streaming; the speed layers
+(`krmini.infer.fast`: fused layers, our kernels, int8, the compiled step) plug in from outside, as a
+rebuilt model and an optional `Decoder` (`krmini.infer.build.build_engine` does both).
+
+A continuation ends at a stop id: EOS, `<|end|>` and `<|bos|>` by default (a new document starts:
+what follows belongs to another text). Special tokens are never printed as text.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
 
 import torch
 
 from krmini.errors import KrminiError
-from krmini.infer.compiled import CompiledDecoder, cache_length
 from krmini.infer.sampling import SamplingConfig, apply_penalties, sample_next
 from krmini.infer.textstream import StopStrings, TextStream
 from krmini.model import KVCache, LlamaModel
@@ -49,6 +57,16 @@ def kv_cache_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "cpu" and dtype == torch.bfloat16 else dtype
 
 
+class Decoder(Protocol):
+    """A replacement decode step (`krmini.infer.fast.compiled.CompiledDecoder`): logits (B, V) for one
+    new token per row, advancing the cache. It may want the cache allocated at a length of its own."""
+
+    def cache_length(self, needed: int, context: int) -> int: ...
+
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, key_ok: torch.Tensor,
+                 cache: KVCache) -> torch.Tensor: ...
+
+
 class DecodeBatch:
     """Token-level state of one batch: prefill on construction, then `step()` until `running` is False.
 
@@ -58,7 +76,7 @@ class DecodeBatch:
     """
 
     def __init__(self, model: LlamaModel, prompts: list[list[int]], cfgs: list[SamplingConfig],
-                 stop_ids: frozenset[int] | set[int] = frozenset(), decoder: CompiledDecoder | None = None) -> None:
+                 stop_ids: frozenset[int] | set[int] = frozenset(), decoder: Decoder | None = None) -> None:
         for cfg in cfgs:
             cfg.validate()
         self.model, self.cfgs, self.stop_ids, self.decoder = model, cfgs, stop_ids, decoder
@@ -74,7 +92,7 @@ class DecodeBatch:
         for i, p in enumerate(prompts):
             padded[i, width - len(p):] = torch.tensor(p, device=device)
         self.padded = bool((lengths != width).any())
-        size = width + total if decoder is None else cache_length(width + total, context)
+        size = width + total if decoder is None else decoder.cache_length(width + total, context)
         cache = KVCache.empty(model.config, len(prompts), size, device, dtype)
         slots = torch.arange(size, device=device)
         pad = (width - lengths)[:, None]
@@ -205,18 +223,28 @@ class Completion:
 
 
 class Engine:
-    """Text in, text out, for one model and its tokenizer. Stops at `<|eos|>` and `<|end|>`.
+    """Text in, text out, for one model and its tokenizer. Stops at EOS, `<|end|>` and `<|bos|>`.
 
-    With a `decoder` (`CompiledDecoder` of the same model), decode steps run compiled.
+    With a `decoder` (a `Decoder` of the same model, such as the compiled step), decode steps run
+    through it. `source` is the checkpoint the model came from, for messages.
     """
 
     def __init__(self, model: LlamaModel, tokenizer: KoTokenizer, add_bos: bool = True,
-                 stop_ids: set[int] | None = None, decoder: CompiledDecoder | None = None) -> None:
+                 stop_ids: set[int] | None = None, decoder: Decoder | None = None,
+                 source: Path | None = None) -> None:
         self.model, self.tokenizer, self.add_bos, self.decoder = model, tokenizer, add_bos, decoder
-        self.stop_ids = frozenset(stop_ids or {tokenizer.eos_id, tokenizer.token_id("<|end|>")})
+        self.source = source
+        self.stop_ids = frozenset(stop_ids or default_stop_ids(tokenizer))
 
-    def prompt_ids(self, prompt: Prompt, cfg: SamplingConfig) -> list[int]:
-        """Text → BOS + tokens (token-id prompts are used as given), fitted to the context."""
+    @property
+    def context(self) -> int:
+        return self.model.config.max_position_embeddings
+
+    def prepare(self, prompt: Prompt, cfg: SamplingConfig) -> list[int]:
+        """Check a request and turn it into the prompt ids it runs on: settings validated, text → BOS +
+        tokens (token-id prompts are used as given), fitted to the context. The one check every front
+        door goes through; it raises `KrminiError` with a one-line reason."""
+        cfg.validate()
         if isinstance(prompt, str):
             ids = self.tokenizer.encode(prompt)
             if not ids:
@@ -225,16 +253,18 @@ class Engine:
                 ids = [self.tokenizer.bos_id, *ids]
         else:
             ids = list(prompt)
-        return fit_prompt(ids, self.model.config.max_position_embeddings, cfg.truncate)
+        return fit_prompt(ids, self.context, cfg.truncate)
 
     def stream_batch(self, requests: list[tuple[Prompt, SamplingConfig]]) -> Iterator[StreamEvent]:
         """Run several requests in one batch, yielding each sequence's text as it grows."""
+        return self.stream_prepared([(self.prepare(p, c), c) for p, c in requests])
+
+    def stream_prepared(self, requests: list[tuple[list[int], SamplingConfig]]) -> Iterator[StreamEvent]:
+        """`stream_batch` for requests already through `prepare` (the server checks each on arrival)."""
         if not requests:
             return
-        for _, cfg in requests:
-            cfg.validate()
-        prompts = [self.prompt_ids(p, c) for p, c in requests]
-        batch = DecodeBatch(self.model, prompts, [c for _, c in requests], self.stop_ids, self.decoder)
+        batch = DecodeBatch(self.model, [ids for ids, _ in requests], [c for _, c in requests], self.stop_ids,
+                            self.decoder)
         rows = [(r, s) for r, (_, c) in enumerate(requests) for s in range(c.n)]
         texts = [TextStream(self.tokenizer) for _ in rows]
         stops = [StopStrings(requests[r][1].stop) for r, _ in rows]
@@ -252,9 +282,9 @@ class Engine:
                 yield StreamEvent(*rows[row], text, tid, reason)
 
     def generate_batch(self, requests: list[tuple[Prompt, SamplingConfig]]) -> list[Completion]:
-        out = [Completion(len(self.prompt_ids(p, c)), [""] * c.n, [[] for _ in range(c.n)], [""] * c.n)
-               for p, c in requests]
-        for ev in self.stream_batch(requests):
+        prepared = [(self.prepare(p, c), c) for p, c in requests]
+        out = [Completion(len(ids), [""] * c.n, [[] for _ in range(c.n)], [""] * c.n) for ids, c in prepared]
+        for ev in self.stream_prepared(prepared):
             done = out[ev.request]
             done.texts[ev.sample] += ev.text
             if ev.token_id is not None:
@@ -264,13 +294,21 @@ class Engine:
         return out
 
     def stream(self, prompt: Prompt, cfg: SamplingConfig) -> Iterator[str]:
-        """Text pieces of one continuation, as they are produced (n must be 1)."""
-        cfg.validate()
+        """Text pieces of one continuation, as they are produced (n must be 1). The request is checked
+        before the first piece, so an error never follows printed text."""
+        ids = self.prepare(prompt, cfg)
         if cfg.n != 1:
             raise KrminiError(f"n: stream() yields one sequence; got n={cfg.n} (use stream_batch)")
-        for ev in self.stream_batch([(prompt, cfg)]):
-            if ev.text:
-                yield ev.text
+        events = self.stream_prepared([(ids, cfg)])
+        return (ev.text for ev in events if ev.text)
 
     def generate(self, prompt: Prompt, cfg: SamplingConfig) -> str:
         return "".join(self.stream(prompt, cfg))
+
+
+def default_stop_ids(tokenizer: KoTokenizer) -> set[int]:
+    """EOS, the end of a chat turn (where the tokenizer has one) and BOS: a document boundary."""
+    ids = {tokenizer.eos_id, tokenizer.bos_id}
+    with contextlib.suppress(KrminiError):
+        ids.add(tokenizer.token_id("<|end|>"))
+    return ids

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from krmini.infer.compiled import CompiledDecoder
-from krmini.infer.engine import DecodeBatch, Engine, fit_prompt
+from krmini.infer.engine import DecodeBatch, Decoder, Engine, fit_prompt
 from krmini.infer.sampling import SamplingConfig, sample_next
 from krmini.infer.textstream import TextStream
 from krmini.model import LlamaModel
@@ -19,7 +18,7 @@ __all__ = ["SamplingConfig", "TextStream", "generate_ids", "generate_text", "sam
 
 
 def generate_ids(model: LlamaModel, prompt_ids: list[int], cfg: SamplingConfig,
-                 stop_ids: set[int] = frozenset(), decoder: CompiledDecoder | None = None) -> Iterator[int]:
+                 stop_ids: set[int] = frozenset(), decoder: Decoder | None = None) -> Iterator[int]:
     """Yield new token ids one at a time; stops at a stop id (not yielded) or the length limit."""
     cfg.validate()
     ids = fit_prompt(list(prompt_ids), model.config.max_position_embeddings, cfg.truncate)

@@ -10,7 +10,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from krmini.errors import KrminiError
-from krmini.infer.quantize import METHOD, int8_skeleton, int8_tensors
+from krmini.infer.fast.quantize import METHOD, int8_skeleton, int8_tensors
 from krmini.model import LlamaModel, ModelConfig
 from krmini.tokenizer import KoTokenizer
 from krmini.train import checkpoint as ckpt

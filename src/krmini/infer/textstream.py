@@ -10,6 +10,7 @@ class TextStream:
 
     A Hangul syllable is 3 UTF-8 bytes; with byte fallback a rare one arrives as three byte tokens.
     Decoding them one by one would print U+FFFD, so pending ids are kept until they decode cleanly.
+    Special tokens (`<|bos|>`, role tokens, …) are markup, never text: they decode to nothing.
     """
 
     def __init__(self, tokenizer: KoTokenizer) -> None:
@@ -18,14 +19,14 @@ class TextStream:
 
     def push(self, token_id: int) -> str:
         self.pending.append(token_id)
-        text = self.tokenizer.decode(self.pending)
+        text = self.tokenizer.decode(self.pending, skip_special_tokens=True)
         if text.endswith("\ufffd") and len(self.pending) < 4:
             return ""
         self.pending = []
         return text
 
     def flush(self) -> str:
-        text = self.tokenizer.decode(self.pending) if self.pending else ""
+        text = self.tokenizer.decode(self.pending, skip_special_tokens=True) if self.pending else ""
         self.pending = []
         return text
 

@@ -80,7 +80,7 @@ class KVCache:
     nothing per token. `length` is how many positions are filled. Its dtype may be wider than the
     model's: attention then runs in that dtype (the engine keeps a bf16 model's cache in fp32 on CPU).
     Separate tensors per layer (not one stacked tensor) let a compiled decode step write each of them
-    in place (see `krmini.infer.compiled`).
+    in place (see `krmini.infer.fast.compiled`).
     """
 
     k: list[torch.Tensor]

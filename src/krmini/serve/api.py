@@ -28,8 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from krmini.chat.template import prompt_ids
-from krmini.infer.generate import SamplingConfig
-from krmini.serve.engine import Done, Engine, Job
+from krmini.errors import KrminiError
+from krmini.infer.sampling import SamplingConfig
+from krmini.serve.worker import Done, Job, Worker
 
 MAX_N = 8
 
@@ -79,10 +80,10 @@ def error_body(message: str, kind: str, param: str | None = None, code: str | No
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def create_app(engine: Engine, model_name: str, api_key: str | None = None, default_max_tokens: int = 256) -> FastAPI:
+def create_app(worker: Worker, model_name: str, api_key: str | None = None, default_max_tokens: int = 256) -> FastAPI:
     app = FastAPI(title="krmini", docs_url=None, redoc_url=None, openapi_url=None)
-    tokenizer = engine.loaded.tokenizer
-    context = engine.loaded.model.config.max_position_embeddings
+    engine = worker.engine
+    tokenizer, context = engine.tokenizer, engine.context
     created = int(time.time())
     page = resources.files("krmini.serve").joinpath("index.html").read_text(encoding="utf-8")
 
@@ -121,41 +122,46 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, defa
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": model_name, "queued": engine.queue.qsize()}
+        return {"status": "ok", "model": model_name, "queued": worker.queue.qsize()}
 
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created, "owned_by": "krmini"}]}
 
-    def check(req: Sampling, prompts: list[list[int]], max_tokens: int | None) -> list[Job]:
+    def check(req: Sampling, prompts: list[list[int]], max_tokens: int | None) -> list[tuple[list[int], SamplingConfig]]:
+        """Each prompt with its sampling settings (its `n` choices share one prefill), checked once
+        through `Engine.prepare`: a bad request fails here, alone, before it joins a batch."""
         if req.model not in (None, model_name):
             raise APIError(404, f"model {req.model!r} does not exist; this server serves {model_name!r}",
                            param="model", code="model_not_found")
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         if len(stops) > 4:
             raise APIError(400, "stop: at most 4 stop strings", param="stop")
-        jobs = []
+        sampling = SamplingConfig(max_new_tokens=max_tokens or default_max_tokens, temperature=req.temperature,
+                                  top_k=0, top_p=req.top_p, seed=req.seed, n=req.n, stop=tuple(stops))
+        requests = []
         for ids in prompts:
-            if len(ids) >= context:
-                raise APIError(400, f"the prompt is {len(ids)} tokens; this model's context is {context} tokens",
-                               param="messages", code="context_length_exceeded")
-            for i in range(req.n):
-                sampling = SamplingConfig(max_new_tokens=max_tokens or default_max_tokens, temperature=req.temperature,
-                                          top_k=0, top_p=req.top_p, seed=None if req.seed is None else req.seed + i,
-                                          stop=tuple(stops))
-                jobs.append((ids, sampling))
-        return jobs
+            try:
+                requests.append((engine.prepare(ids, sampling), sampling))
+            except KrminiError as exc:
+                if len(ids) >= context:
+                    raise APIError(400, f"the prompt is {len(ids)} tokens; this model's context is {context} "
+                                   "tokens", param="messages", code="context_length_exceeded") from None
+                raise APIError(400, str(exc)) from None
+        return requests
 
-    async def run(jobs: list):
-        """Yield (choice index, text | Done) as the engine produces them, for all jobs of a request."""
+    async def run(requests: list[tuple[list[int], SamplingConfig]]):
+        """Yield (choice index, text | Done) as the worker produces them, for every choice of a request
+        (prompt p's sample s is choice p·n + s, as in OpenAI's API)."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         submitted = []
-        for index, (ids, sampling) in enumerate(jobs):
-            job = Job(ids, sampling, lambda e, i=index: loop.call_soon_threadsafe(events.put_nowait, (i, e)))
+        for p, (ids, sampling) in enumerate(requests):
+            base = p * sampling.n
+            job = Job(ids, sampling, lambda s, e, b=base: loop.call_soon_threadsafe(events.put_nowait, (b + s, e)))
             submitted.append(job)
-            engine.submit(job)
-        remaining = len(jobs)
+            worker.submit(job)
+        remaining = sum(sampling.n for _, sampling in requests)
         try:
             while remaining:
                 index, event = await events.get()
@@ -175,7 +181,8 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, defa
                 "total_tokens": prompt_tokens + completion}
 
     async def respond(req: Sampling, prompts: list[list[int]], max_tokens: int | None, chat: bool):
-        jobs = check(req, prompts, max_tokens)
+        requests = check(req, prompts, max_tokens)
+        choices_n = len(requests) * req.n
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         now = int(time.time())
         head = {"id": rid, "created": now, "model": model_name}
@@ -187,8 +194,8 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, defa
             return {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
 
         if not req.stream:
-            texts, dones = [""] * len(jobs), [None] * len(jobs)
-            async for index, event in run(jobs):
+            texts, dones = [""] * choices_n, [None] * choices_n
+            async for index, event in run(requests):
                 if isinstance(event, Done):
                     dones[index] = event
                 else:
@@ -201,12 +208,12 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None, defa
 
         kind = "chat.completion.chunk" if chat else "text_completion"
         include_usage = bool((req.stream_options or {}).get("include_usage"))
-        events = run(jobs)
+        events = run(requests)
 
         async def sse():
             dones = []
             if chat:
-                for i in range(len(jobs)):
+                for i in range(choices_n):
                     first = {"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
                     yield f"data: {json.dumps({**head, 'object': kind, 'choices': [first]}, ensure_ascii=False)}\n\n"
             try:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import ipaddress
 import sys
 
-from krmini.chat.load import load_chat_model
-from krmini.device import DTYPES, pick_device
+from krmini.chat.cli import chat_engine
 from krmini.errors import KrminiError
-from krmini.infer.cli import add_device_args, decoder_from_args
+from krmini.infer.cli import add_device_args
 
 
 def register(subparsers) -> None:
@@ -32,9 +31,8 @@ def run(args) -> int:
     try:
         import uvicorn
 
-        from krmini.chat.template import stop_ids
         from krmini.serve.api import create_app
-        from krmini.serve.engine import Engine
+        from krmini.serve.worker import Worker
     except ImportError:
         raise KrminiError("the server needs FastAPI and uvicorn: pip install 'krmini[serve]'") from None
     if not 0 < args.port < 65536:
@@ -45,14 +43,14 @@ def run(args) -> int:
         loopback = args.host == "localhost"
     if not loopback and not args.api_key:
         print(f"warning: serving on {args.host} without --api-key: anyone who can reach it may use it", file=sys.stderr)
-    loaded = load_chat_model(args.model, pick_device(args.device), args.adapter, DTYPES[args.dtype])
-    name = args.name or loaded.path.parent.parent.name
     # every reply ends at <|end|>, EOS or a new role token; plain completions stop there too
-    engine = Engine(loaded, stop_ids(loaded.tokenizer), decoder=decoder_from_args(args, loaded.model))
-    app = create_app(engine, name, args.api_key, args.max_tokens)
+    engine = chat_engine(args)
+    name = args.name or engine.source.parent.parent.name
+    worker = Worker(engine)
+    app = create_app(worker, name, args.api_key, args.max_tokens)
     print(f"krmini serve: {name} on http://{args.host}:{args.port}/ (API: /v1/chat/completions)", flush=True)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:
-        engine.close()
+        worker.close()
     return 0

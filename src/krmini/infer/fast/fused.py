@@ -10,10 +10,11 @@ changing what is computed:
   (decoding, batch ≤ 8) runs our own kernel, which streams the weights 1.3-1.5× faster than oneDNN;
   more rows (prefill) still go to oneDNN. int8 layers (`Int8Linear`) of a model large enough to
   stream from memory run our int8 kernel for one or two rows.
-* **Packed weights.** Elsewhere, in bf16, `F.linear` on CPU hands the weight to oneDNN in PyTorch's row-major
-  layout and oneDNN reorders it into its blocked layout on every call. Packing once
+* **Packed weights.** Elsewhere, in bf16, `F.linear` on CPU hands the weight to oneDNN in PyTorch's
+  row-major layout and oneDNN reorders it into its blocked layout on every call. Packing once
   (`torch.ops.mkldnn._reorder_linear_weight`, the kernels `torch.compile` uses on CPU with frozen
-  weights) removes that. In fp32, MKL's matrix-vector product wins on small matrices but oneDNN's
+  weights) removes that. oneDNN's bf16 path needs AVX-512 or AVX-NE-CONVERT, so packing is a probe
+  (`packing_available`): on an AVX2-only CPU the layers stay plain `nn.Linear`. In fp32, MKL's matrix-vector product wins on small matrices but oneDNN's
   packed one is 1.2–4× faster from about half a million weights up (measured on this project's
   2-core x86-64 machine: a 32000 × 192 LM head 1,510 → 348 µs), so large fp32 matrices are packed too.
 
@@ -28,8 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from krmini.infer.gemv import BF16_MAX_ROWS, gemv_bf16, kernel_available
-from krmini.infer.quantize import Int8Linear
+from krmini import hardware
+from krmini.infer.fast.gemv import BF16_MAX_ROWS, gemv_bf16, kernel_available
+from krmini.infer.fast.quantize import Int8Linear
 from krmini.model.llama import MLP, Attention, LlamaModel, apply_rope
 
 
@@ -67,13 +69,36 @@ INT8_KERNEL_MIN_BYTES = 32 << 20
 PACK_FP32_FROM = 1 << 19  # weights; below this MKL's fp32 matrix-vector product is faster
 
 
-def can_pack(weight: torch.Tensor) -> bool:
-    """On the CPU with a PyTorch built with oneDNN: every bf16 matrix, and fp32 ones large enough to gain."""
-    if weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+# oneDNN's bf16 path needs AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT on x86; on an AVX2-only CPU the
+# packing call raises ("bf16 path needs the cpu support avx_ne_convert or avx512bw, …").
+BF16_PACK_NEEDS = (("avx512bw", "avx512vl", "avx512dq"), ("avx_ne_convert",))
+
+
+def _packs(dtype: torch.dtype) -> bool:
+    """The probe: pack a tiny weight and multiply through it, against `F.linear`."""
+    if not torch.backends.mkldnn.is_available():
+        raise RuntimeError("this PyTorch is built without oneDNN")
+    gen = torch.Generator().manual_seed(0)
+    w, x = torch.randn(24, 16, generator=gen).to(dtype), torch.randn(3, 16, generator=gen).to(dtype)
+    got = PackedLinear(w)(x)
+    return bool(torch.allclose(got.float(), F.linear(x, w).float(), rtol=2**-6, atol=1e-2))
+
+
+def packing_available(dtype: torch.dtype) -> bool:
+    """Whether oneDNN packs and multiplies `dtype` weights on this CPU (probed once per process)."""
+    if dtype not in (torch.float32, torch.bfloat16):
         return False
-    if weight.dtype == torch.float32:
-        return weight.numel() >= PACK_FP32_FROM
-    return weight.dtype == torch.bfloat16
+    name = "onednn-pack-" + ("bf16" if dtype == torch.bfloat16 else "fp32")
+    return hardware.probe(name, lambda: _packs(dtype), BF16_PACK_NEEDS if dtype == torch.bfloat16 else ()).ok
+
+
+def can_pack(weight: torch.Tensor) -> bool:
+    """On the CPU where oneDNN packing works: every bf16 matrix, and fp32 ones large enough to gain."""
+    if weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.bfloat16):
+        return False
+    if weight.dtype == torch.float32 and weight.numel() < PACK_FP32_FROM:
+        return False
+    return packing_available(weight.dtype)
 
 
 def linear_for_decoding(weight: torch.Tensor, own_kernel: bool = True) -> nn.Module:
@@ -130,6 +155,8 @@ def fuse_for_decoding(model: LlamaModel, own_kernel: bool = True) -> LlamaModel:
     """
     for block in model.model.layers:
         attn, mlp = block.self_attn, block.mlp
+        if isinstance(attn, FusedAttention) or isinstance(mlp, FusedMLP):  # fused already
+            continue
         if all(type(m) is nn.Linear for m in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj)):
             block.self_attn = FusedAttention(attn, own_kernel)
         if all(type(m) is nn.Linear for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj)):

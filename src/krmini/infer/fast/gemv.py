@@ -8,13 +8,13 @@ kernel does the same with int8 rows widened to fp32 (1.2x PyTorch's int8 kernel 
 
 They are compiled with PyTorch's C++ extension builder the first time a model is fused for
 decoding (~7 s, then cached), and used only where they were measured: x86-64 CPUs with AVX512-BF16
-(recent AMD and Intel server chips). Elsewhere, or when there is no C++ compiler, decoding keeps
-oneDNN and PyTorch's int8 kernel. `KRMINI_GEMV=0` turns them off.
+(recent AMD and Intel server chips). Whether they run is a probe (`krmini.hardware`): built, then
+checked on a tiny matrix, once per process. Elsewhere, or when there is no C++ compiler, decoding
+keeps PyTorch's kernels. `KRMINI_GEMV=0` turns them off (`KRMINI_FAST=0` turns off every fast path).
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import platform
 import sys
@@ -23,9 +23,11 @@ from pathlib import Path
 
 import torch
 
+from krmini import hardware
+
 NAME = "krmini_gemv"
 SOURCE = Path(__file__).with_name("gemv.cpp")
-CPU_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"}
+NEEDS = (("avx512f", "avx512bw", "avx512vl", "avx512_bf16"),)  # what the code is compiled for
 COMPILE_FLAGS = ["-O3", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16"]
 # x rows (a step's batch) up to which the kernels beat PyTorch's (oneDNN for bf16, `_weight_int8pack_mm`
 # for int8); more rows (a prompt) go to PyTorch's
@@ -33,28 +35,12 @@ BF16_MAX_ROWS = 8
 INT8_MAX_ROWS = 2
 
 
-def cpu_supports_kernel(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether this is an x86-64 CPU with the AVX-512 extensions the kernel is compiled for."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
-    try:
-        text = cpuinfo.read_text(errors="replace")
-    except OSError:
-        return False
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return set(flags) >= CPU_FLAGS
-
-
-@functools.cache
-def kernel_available() -> bool:
-    """Build and load the kernel once per process; False (with one warning if the build failed) where
-    it cannot run."""
-    if os.environ.get("KRMINI_GEMV", "1") == "0" or not cpu_supports_kernel():
-        return False
+def _build() -> None:
+    """Compile (once per PyTorch version, under the extension builder's root) and load the operators."""
     from torch.utils import cpp_extension
 
-    # one build per PyTorch version (the extension builder itself only notices changed sources), under
-    # the builder's own root (TORCH_EXTENSIONS_DIR or its default)
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        raise RuntimeError("the kernels are x86-64 code")
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
     build_dir = Path(root) / f"krmini-gemv-torch{torch.__version__}"
     if not any(build_dir.glob(f"{NAME}*.so")):
@@ -67,15 +53,36 @@ def kernel_available() -> bool:
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + path
         cpp_extension.load(NAME, [str(SOURCE)], extra_cflags=COMPILE_FLAGS, extra_ldflags=["-fopenmp"],
                            build_directory=str(build_dir), is_python_module=False, verbose=False)
-    except (ImportError, OSError, RuntimeError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        warnings.warn(f"the decoding kernels could not be built ({reason}); decoding uses PyTorch's kernels", stacklevel=2)
-        return False
     finally:
         os.environ["PATH"] = path
     torch.library.register_fake("krmini::gemv_bf16")(lambda x, w: x.new_empty(x.shape[0], w.shape[0]))
     torch.library.register_fake("krmini::gemv_int8")(lambda x, w, scale: x.new_empty(x.shape[0], w.shape[0]))
-    return True
+
+
+def _build_and_check() -> bool:
+    """The probe: build, then both operators on a tiny matrix against a float matmul."""
+    _build()
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(2, 40, generator=gen), torch.randn(9, 40, generator=gen)
+    bf16 = gemv_bf16(x.bfloat16(), w.bfloat16()).float()
+    q = torch.randint(-127, 128, (9, 40), generator=gen, dtype=torch.int8)
+    scale = torch.rand(9, generator=gen) + 0.5
+    int8 = gemv_int8(x, q, scale)
+    return bool(torch.allclose(bf16, x.bfloat16().float() @ w.bfloat16().float().T, rtol=2**-7, atol=1e-2)
+                and torch.allclose(int8, (x @ q.float().T) * scale, rtol=1e-4, atol=1e-3))
+
+
+def kernel_available() -> bool:
+    """Whether our kernels run here: built, loaded and checked once per process. Where the build fails
+    (no C++ compiler, say) one line says so; on a CPU without AVX512-BF16 nothing is attempted."""
+    if os.environ.get("KRMINI_GEMV", "1") == "0":
+        return False
+    fresh = "krmini-kernels" not in hardware.VERDICTS
+    verdict = hardware.probe("krmini-kernels", _build_and_check, NEEDS)
+    if fresh and not verdict.ok and hardware.fast_paths_enabled() and "lacks" not in verdict.reason:
+        warnings.warn(f"the decoding kernels could not be built ({verdict.reason}); decoding uses PyTorch's "
+                      "kernels", stacklevel=2)
+    return verdict.ok
 
 
 def gemv_bf16(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

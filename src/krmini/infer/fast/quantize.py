@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from krmini.infer.gemv import INT8_MAX_ROWS, gemv_int8
+from krmini import hardware
+from krmini.infer.fast.gemv import INT8_MAX_ROWS, gemv_int8
 from krmini.model import LlamaModel
 from krmini.train import checkpoint as ckpt
 
@@ -34,6 +35,19 @@ def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     w = w.float()
     scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127
     return torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8), scale
+
+
+def _int8pack_matches() -> bool:
+    """The probe for PyTorch's CPU int8 kernel: a tiny product against the dequantized matmul."""
+    gen = torch.Generator().manual_seed(0)
+    x, q = torch.randn(2, 32, generator=gen), torch.randint(-127, 128, (5, 32), generator=gen, dtype=torch.int8)
+    scale = torch.rand(5, generator=gen) + 0.5
+    got = torch._weight_int8pack_mm(x, q, scale)
+    return bool(torch.allclose(got, (x @ q.float().T) * scale, rtol=1e-4, atol=1e-3))
+
+
+def int8pack_available() -> bool:
+    return hardware.probe("torch-int8pack", _int8pack_matches).ok
 
 
 class Int8Linear(nn.Module):
@@ -52,7 +66,7 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale = self.weight_scale.to(x.dtype)
-        if x.device.type == "cpu":
+        if x.device.type == "cpu" and int8pack_available():
             flat = x.reshape(-1, x.size(-1))
             matmul = gemv_int8 if self.own_kernel and flat.shape[0] <= INT8_MAX_ROWS else torch._weight_int8pack_mm
             return matmul(flat, self.weight, scale).view(*x.shape[:-1], -1)

@@ -21,11 +21,10 @@ import warnings
 
 import torch
 import torch._dynamo.config
-import torch._dynamo.exc
 import torch._inductor.config
 
-from krmini.errors import KrminiError
-from krmini.infer.fused import PackedLinear
+from krmini import hardware
+from krmini.infer.fast.fused import PackedLinear
 from krmini.model import KVCache, LlamaModel
 from krmini.model.info import count_parameters
 
@@ -101,15 +100,30 @@ def _streams_bf16_weights(model: LlamaModel) -> bool:
     return weight.dtype == torch.bfloat16 and 2 * read > BF16_AUTOTUNE_MAX_BYTES
 
 
+def _compiles() -> bool:
+    """The probe: Inductor compiles and runs a tiny function (it needs a working C++ compiler on CPU)."""
+    x = torch.arange(8, dtype=torch.float32)
+    with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+        return bool(torch.equal(torch.compile(lambda t: t * 2 + 1, fullgraph=True)(x), x * 2 + 1))
+
+
+def compile_available() -> bool:
+    """Whether `torch.compile` works in this process (probed once: a few seconds on a 2-core CPU)."""
+    return hardware.probe("torch-compile", _compiles).ok
+
+
 class CompiledDecoder:
     """`model`'s decode step under `torch.compile` (Inductor, weights frozen as constants).
 
     Freezing folds the weights into the graph as constants, so the model must not change after the
-    first call. Plain, fused (`fuse_for_decoding`) and int8 models all compile.
+    first call. Plain, fused (`fuse_for_decoding`) and int8 models all compile. Where compiling
+    fails (no C++ compiler, an unsupported device, a graph Inductor rejects), one line says so and
+    the same step runs eagerly: the tokens are the same, only slower.
     """
 
     def __init__(self, model: LlamaModel) -> None:
-        self._step = torch.compile(functools.partial(_decode_step, model), fullgraph=True)
+        self._eager = functools.partial(_decode_step, model)
+        self._step = torch.compile(self._eager, fullgraph=True)
         options = {"freezing": True}
         if model.rope_cos.device.type == "cpu":
             options |= CPU_WRAPPER
@@ -126,6 +140,10 @@ class CompiledDecoder:
         # torch 2.13's autotuner calls a deprecated storage API; the warning is noise to a user
         warnings.filterwarnings("ignore", "TypedStorage is deprecated", UserWarning, "torch._inductor")
 
+    @staticmethod
+    def cache_length(needed: int, context: int) -> int:
+        return cache_length(needed, context)
+
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, key_ok: torch.Tensor,
                  cache: KVCache) -> torch.Tensor:
         """tokens, positions: (B, 1); key_ok: (B, max_len) False on pad slots. Advances `cache`."""
@@ -133,9 +151,13 @@ class CompiledDecoder:
         with torch.inference_mode(), self._config, self._limit:
             try:
                 logits = self._step(tokens, positions, slot, key_ok, cache.k, cache.v)
-            except torch._dynamo.exc.TorchDynamoException as exc:  # e.g. no C++ compiler, an unsupported device
+            except Exception as exc:  # Dynamo, Inductor or the C++ compiler: fall back to the eager step
+                if self._step is self._eager:
+                    raise
                 reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise KrminiError(f"--compile: torch.compile could not compile the decode step ({reason}); "
-                                  "run without --compile") from None
+                hardware.say_once("compile-failed", f"--compile: torch.compile could not compile the decode "
+                                  f"step ({reason[:160]}); decoding without it")
+                self._step = self._eager
+                logits = self._step(tokens, positions, slot, key_ok, cache.k, cache.v)
         cache.length += 1
         return logits
