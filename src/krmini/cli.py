@@ -17,6 +17,7 @@ from krmini.errors import KrminiError
 
 COMMAND_MODULES = [
     "krmini.demo",
+    "krmini.doctor",
     "krmini.data.cli",
     "krmini.data.download",
     "krmini.tokenizer.cli",

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import replace
 
 import pytest
 import torch
@@ -104,3 +105,12 @@ def test_korean_typed_in_a_real_terminal_gets_a_reply(chat_run, engine):
         assert subprocess.run(["tmux", "-L", server, "has-session", "-t", "chat"], capture_output=True).returncode != 0
     finally:
         subprocess.run(["tmux", "-L", server, "kill-server"], capture_output=True)
+
+
+def test_stop_strings_end_a_reply(engine):
+    full = "".join(ChatSession(engine, greedy()).reply("안녕하세요"))
+    assert len(full) >= 4
+    stop = full[2:4]
+    session = ChatSession(engine, replace(greedy(), stop=(stop,)))
+    cut = "".join(session.reply("안녕하세요"))
+    assert cut == full[: full.index(stop)] and session.history[-1]["content"] == cut

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -179,3 +181,35 @@ def test_generate_cli_batches_prompts(tiny_run, capsys):
     assert lines[0].startswith("국회는") and lines[1].startswith("대한민국은")
     assert main(["generate", str(tiny_run), "--prompt", "국회는", "--top-p", "2"]) == 1
     assert "top_p: expected a value in (0, 1]" in capsys.readouterr().err
+
+
+def _spiking(model, token_id: int, at_step: int):
+    """`model` made to emit `token_id` as its `at_step`-th new token (greedy), otherwise unchanged."""
+    forward, calls = model.forward, []
+
+    def spiked(*args, **kwargs):
+        logits, cache = forward(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == at_step:
+            logits = logits.clone()
+            logits[..., token_id] = 1e4
+        return logits, cache
+
+    model.forward = spiked
+    return model
+
+
+@pytest.mark.parametrize("token", ["<|bos|>", "<|reserved_0|>", "<|user|>"])
+def test_special_tokens_never_print_and_a_document_boundary_ends_the_text(trained, token):
+    cfg = SamplingConfig(max_new_tokens=12, temperature=0)
+    plain = Engine(trained.model, trained.tokenizer).generate_batch([("국회는", cfg)])[0]
+    model = _spiking(copy.deepcopy(trained.model), trained.tokenizer.token_id(token), at_step=4)
+    done = Engine(model, trained.tokenizer).generate_batch([("국회는", cfg)])[0]
+    assert "<|" not in done.texts[0]
+    if token == "<|bos|>":  # a new document begins: the continuation ends before it
+        assert done.finish_reasons == ["stop"] and done.token_ids[0] == plain.token_ids[0][:3]
+        assert plain.texts[0].startswith(done.texts[0])
+    else:  # other markup is generated but decodes to nothing
+        ids = done.token_ids[0]
+        assert trained.tokenizer.token_id(token) in ids
+        assert done.texts[0] == trained.tokenizer.decode([i for i in ids if i > 14])
