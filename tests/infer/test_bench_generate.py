@@ -39,8 +39,9 @@ def test_benchmark_reports_ours_and_hf(small_model):
     assert "ours-bf16 / hf-bf16: prefill" in format_table(r)
 
 
-def test_benchmark_adds_our_rows_with_the_decode_step_compiled(small_model):
+def test_benchmark_adds_our_rows_with_the_decode_step_compiled(small_model, monkeypatch):
     pytest.importorskip("transformers")
+    monkeypatch.setattr("krmini.infer.fast.compiled.CPU_GEMM", {})  # no micro-GEMM autotuning: minutes on 2 cores
     r = run_benchmark(small_model, "micro", threads=1, new_tokens=4, prompt_tokens=512, repeats=1, with_hf=True,
                       bandwidth_mb=16, compiled=("bf16",))
     res = r["results"]
