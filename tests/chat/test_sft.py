@@ -10,11 +10,11 @@ import torch
 from safetensors.torch import load_file
 
 from krmini.chat.load import load_chat_model
-from krmini.chat.lora import ADAPTER_FILE, LoRALinear, load_adapter, parse_lora_spec
 from krmini.chat.sft import run_sft
 from krmini.cli import main
 from krmini.infer.load import load_model
 from krmini.train import checkpoint as ckpt
+from krmini.train.lora import ADAPTER_FILE, LoRALinear, load_adapter, parse_lora_spec
 from tests.conftest import write_chat_jsonl
 
 

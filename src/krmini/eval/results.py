@@ -1,12 +1,12 @@
-"""Where evaluation results live: JSON files under `<run>/eval/`, written atomically."""
+"""Where evaluation results live: JSON files under `<run>/eval/`, written staged (`krmini.runs`)."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from krmini.errors import KrminiError
+from krmini.runs import write_json_atomic
 
 RESULTS_DIR = "eval"
 
@@ -19,11 +19,7 @@ def results_dir(run_or_ckpt: str | Path, ckpt: Path) -> Path:
 
 def write_json(path: Path, record: dict) -> Path:
     """Written under a temporary name, then renamed over the old file: never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(path, record)
 
 
 def read_results(directory: Path) -> list[dict]:
