@@ -20,7 +20,6 @@ from krmini.runs.layout import (
     complete_checkpoints,
     lora_section,
     resolve_checkpoint,
-    run_dir_of,
     step_name,
 )
 from krmini.runs.staged import (
@@ -33,12 +32,19 @@ from krmini.runs.staged import (
     write_json_atomic,
     write_text_atomic,
 )
-from krmini.runs.state import corrupt_file, is_intact, last_good_checkpoint, read_state, sha256_file, write_state
+from krmini.runs.state import (
+    corrupt_file,
+    is_intact,
+    last_good_checkpoint,
+    read_state,
+    sha256_file,
+    write_state,
+)
 
 __all__ = [
     "ADAPTER_CONFIG", "ADAPTER_DIR", "ADAPTER_FILE", "CHECKPOINTS_DIR", "CONFIG_FILE", "LATEST", "MODEL_FILE",
     "OPTIM_FILE", "STATE_FILE", "TOKENIZER_DIR", "check_target", "complete_checkpoints", "corrupt_file",
     "fsync_dir", "is_intact", "last_good_checkpoint", "lora_section", "read_state", "resolve_checkpoint",
-    "run_dir_of", "sha256_file", "staged_dir", "staged_file", "step_name", "temp_path", "write_bytes_atomic",
+    "sha256_file", "staged_dir", "staged_file", "step_name", "temp_path", "write_bytes_atomic",
     "write_json_atomic", "write_state", "write_text_atomic",
 ]

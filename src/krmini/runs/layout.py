@@ -62,12 +62,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise KrminiError(f"{path}: no checkpoint found (expected a run directory or a checkpoint directory)")
 
 
-def run_dir_of(ckpt: Path) -> Path | None:
-    """The run directory holding `ckpt` (RUN/checkpoints/step_…), or None for a bare checkpoint."""
-    ckpt = Path(ckpt)
-    return ckpt.parent.parent if ckpt.parent.name == CHECKPOINTS_DIR else None
-
-
 def lora_section(state: dict[str, Any]) -> dict[str, Any] | None:
     """The run_config.lora of a LoRA run (its weights hold unmerged adapters), else None."""
     return (state.get("run_config") or {}).get("lora")
