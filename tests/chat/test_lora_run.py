@@ -86,6 +86,20 @@ def test_export_hf_cli_on_a_lora_run(lora_run, unmerged, ids, tmp_path, capsys):
     torch.testing.assert_close(got, _logits(unmerged, ids), atol=1e-4, rtol=0)
 
 
+def test_export_gguf_cli_on_a_lora_run(lora_run, unmerged, tmp_path, capsys):
+    gguf = pytest.importorskip("gguf")
+    out = tmp_path / "m.gguf"
+    assert main(["export", "gguf", str(lora_run), str(out), "--type", "f32"]) == 0
+    assert str(out) in capsys.readouterr().out
+    stored = {t.name: t for t in gguf.GGUFReader(out).tensors}["blk.0.ffn_up.weight"]
+    up = unmerged.model.layers[0].mlp.up_proj  # a LoRA target: the file must hold W + (alpha/r)·B·A
+    with torch.no_grad():
+        expected = up.weight + up.scaling * (up.lora_B @ up.lora_A)
+    assert not torch.allclose(expected, up.weight, atol=1e-6)
+    torch.testing.assert_close(torch.from_numpy(stored.data.copy()).reshape(expected.shape), expected,
+                               atol=1e-6, rtol=0)
+
+
 def test_quantize_cli_on_a_lora_run(lora_run, unmerged, ids, tmp_path, capsys):
     out = tmp_path / "q8"
     assert main(["quantize", str(lora_run), "--int8", "--out", str(out)]) == 0

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from krmini.errors import KrminiError
-from krmini.runs import write_json_atomic
+from krmini.runs import CHECKPOINTS_DIR, write_json_atomic
 
 RESULTS_DIR = "eval"
 
@@ -14,7 +14,7 @@ RESULTS_DIR = "eval"
 def results_dir(run_or_ckpt: str | Path, ckpt: Path) -> Path:
     """`<run>/eval` for a run directory, `<checkpoint>/eval` for a checkpoint given directly."""
     run = Path(run_or_ckpt)
-    return run / RESULTS_DIR if (run / "checkpoints").is_dir() else ckpt / RESULTS_DIR
+    return run / RESULTS_DIR if (run / CHECKPOINTS_DIR).is_dir() else ckpt / RESULTS_DIR
 
 
 def write_json(path: Path, record: dict) -> Path:
