@@ -71,7 +71,8 @@ def merge_run(run: str | Path, out: str | Path, force: bool = False) -> Path:
     state = read_state(source)
     if lora_section(state) is None:
         raise KrminiError(f"{source / STATE_FILE}: not a LoRA run (run_config.lora is not set); nothing to merge")
-    _refuse_overlap(out, [Path(run), source])
+    run_dir = source.parent.parent if source.parent.name == CHECKPOINTS_DIR else source
+    _refuse_overlap(out, [Path(run), source, run_dir])
     check_target(out, force)  # before the (slow) load, so a refusal is immediate
     model = load_model(source, torch.device("cpu")).model
     run_config = {**state["run_config"], "lora": None}
