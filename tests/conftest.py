@@ -112,6 +112,23 @@ def chat_run(tiny_run, tmp_path_factory) -> Path:
                            "train.device=cpu"])
     return out / "run"
 
+@pytest.fixture(scope="session")
+def lora_run(tiny_run, tmp_path_factory) -> Path:
+    """`tiny_run` tuned with LoRA (r=4 on q, v, up) for 8 steps: a run whose weights hold unmerged
+    adapters (read-only for tests)."""
+    from krmini.chat.sft import run_sft
+    from krmini.train.lora import parse_lora_spec
+
+    out = tmp_path_factory.mktemp("lora_run")
+    data = write_chat_jsonl(out / "chat.jsonl", repeat=2)
+    with torch.random.fork_rng():
+        run_sft(tiny_run, [str(data)], out / "run", lora=parse_lora_spec("r=4,alpha=8,targets=q,v,up"), progress=False,
+                val_fraction=0.2, overrides=["train.max_steps=8", "train.batch_size=4", "train.seq_len=96",
+                                             "train.lr=5.0e-3", "train.warmup_steps=2", "train.eval_interval=8",
+                                             "train.save_interval=8", "train.device=cpu"])
+    return out / "run"
+
+
 MAX_TOKENS = 16
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from krmini.cli import main
 
-COMMANDS = [["demo"], ["prepare"], ["tokenizer", "train"], ["model-info"], ["train"], ["generate"]]
+COMMANDS = [["demo"], ["prepare"], ["tokenizer", "train"], ["model-info"], ["train"], ["generate"], ["lora", "merge"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c))

@@ -13,8 +13,8 @@ from krmini.config import load_yaml
 from krmini.data.prepare import PrepareConfig, prepare
 from krmini.data.shards import FORMAT_VERSION, write_manifest
 from krmini.errors import KrminiError
+from krmini.runs import read_state, resolve_checkpoint
 from krmini.tokenizer import KoTokenizer
-from krmini.train.checkpoint import read_state, resolve_checkpoint
 from krmini.train.config import TrainConfig, load_run_config
 from krmini.train.metrics import read_metrics
 from krmini.train.optim import lr_at

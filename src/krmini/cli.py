@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "krmini.eval.cli",
     "krmini.export.cli",
     "krmini.chat.cli",
+    "krmini.chat.merge",
     "krmini.serve.cli",
 ]
 

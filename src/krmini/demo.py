@@ -16,6 +16,7 @@ from krmini.device import pick_device
 from krmini.errors import KrminiError
 from krmini.infer.generate import SamplingConfig, stream_text
 from krmini.infer.load import load_model
+from krmini.runs import CHECKPOINTS_DIR
 from krmini.tokenizer.cli import sample_texts
 from krmini.tokenizer.tokenizer import KoTokenizer
 from krmini.train.config import load_run_config
@@ -54,7 +55,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     start = time.perf_counter()
     out = Path(args.out)
-    if (out / "checkpoints").exists():
+    if (out / CHECKPOINTS_DIR).exists():
         raise KrminiError(f"{out}: already holds a run; remove it or pass --out to another directory")
     inputs = args.corpus or konlpy_corpus()
     cfg = load_run_config(args.config, [*args.overrides, f"train.out_dir={out}", f"train.data_dir={out / 'data'}",

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from krmini import runs
 from krmini.chat.data import ChatReport, ChatWindows, load_chat_split, prepare_chat, read_conversations
 from krmini.model import LlamaModel
 from krmini.tokenizer import KoTokenizer
@@ -106,8 +107,8 @@ def test_packing_keeps_whole_conversations_and_masks_all_but_the_assistant(packe
 
 def test_user_and_system_tokens_get_no_gradient(tiny_run, packed):
     tokenizer, _, windows = packed
-    path = ckpt.resolve_checkpoint(tiny_run)
-    model = LlamaModel(ckpt.checkpoint_model_config(path, ckpt.read_state(path)))
+    path = runs.resolve_checkpoint(tiny_run)
+    model = LlamaModel(ckpt.checkpoint_model_config(path, runs.read_state(path)))
     ckpt.load_model_weights(model, path)
     x, y = windows.batch_in_order(0, 2, torch.device("cpu"))
     logits = model.lm_head(model.model.norm(_hidden(model, x)))

@@ -8,7 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from krmini.chat.lora import (
+from krmini.errors import KrminiError
+from krmini.model import LlamaModel
+from krmini.train.config import load_run_config
+from krmini.train.lora import (
     ADAPTER_CONFIG,
     ADAPTER_FILE,
     LoraConfig,
@@ -20,9 +23,6 @@ from krmini.chat.lora import (
     parse_lora_spec,
     save_adapter,
 )
-from krmini.errors import KrminiError
-from krmini.model import LlamaModel
-from krmini.train.config import load_run_config
 
 SPEC = "r=16,alpha=32,targets=q,k,v,o,gate,up,down"
 

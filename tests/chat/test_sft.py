@@ -9,12 +9,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from krmini import runs
 from krmini.chat.load import load_chat_model
-from krmini.chat.lora import ADAPTER_FILE, LoRALinear, load_adapter, parse_lora_spec
 from krmini.chat.sft import run_sft
 from krmini.cli import main
 from krmini.infer.load import load_model
-from krmini.train import checkpoint as ckpt
+from krmini.train.lora import ADAPTER_FILE, LoRALinear, load_adapter, parse_lora_spec
 from tests.conftest import write_chat_jsonl
 
 
@@ -33,7 +33,7 @@ def test_sft_starts_from_the_base_and_learns(tiny_run, chat_run):
     assert train[-1]["loss"] < 0.5 * train[0]["loss"]
     manifest = json.loads((chat_run / "data" / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["kind"] == "chat" and manifest["report"]["skipped"] == {"duplicate conversation": 8}
-    saved = json.loads((ckpt.resolve_checkpoint(chat_run) / "tokenizer" / "tokenizer_config.json").read_text())
+    saved = json.loads((runs.resolve_checkpoint(chat_run) / "tokenizer" / "tokenizer_config.json").read_text())
     assert "<|assistant|>" in saved["chat_template"]
 
 

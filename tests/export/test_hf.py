@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 
+from krmini import runs
 from krmini.cli import main
 from krmini.export.hf import export_hf, import_hf
 from krmini.infer.generate import SamplingConfig, generate_ids
@@ -77,7 +78,7 @@ def test_refuses_non_empty_output_unless_forced(tiny_run, tmp_path, capsys):
 
 def test_checkpoint_without_tokenizer_is_refused(tiny_run, tmp_path, capsys):
     bare = tmp_path / "ckpt"
-    shutil.copytree(ckpt.resolve_checkpoint(tiny_run), bare)
+    shutil.copytree(runs.resolve_checkpoint(tiny_run), bare)
     shutil.rmtree(bare / "tokenizer")
     assert main(["export", "hf", str(bare), str(tmp_path / "o")]) == 1
     assert "no tokenizer" in capsys.readouterr().err

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from krmini import runs
 from krmini.data.loader import TokenWindows
 from krmini.data.shards import load_split, read_manifest
 from krmini.model import LlamaModel
@@ -48,7 +49,7 @@ def test_ddp_two_processes_match_single_process(micro_data, single, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     _assert_same_curve(out, single, range(1, 21))
     assert abs(eval_losses(out)[20] - eval_losses(single)[20]) <= 1e-5
-    assert ckpt.read_state(ckpt.resolve_checkpoint(out))["world_size"] == 2
+    assert runs.read_state(runs.resolve_checkpoint(out))["world_size"] == 2
 
 
 def test_fsdp_checkpoint_reloads_and_resumes_in_one_process(micro_data, single, tmp_path):
@@ -61,8 +62,8 @@ def test_fsdp_checkpoint_reloads_and_resumes_in_one_process(micro_data, single, 
 
     # The sharded run's checkpoint is a plain full checkpoint: one process loads it and scores the
     # validation split exactly as the sharded ranks did.
-    path = ckpt.resolve_checkpoint(out)
-    state = ckpt.read_state(path)
+    path = runs.resolve_checkpoint(out)
+    state = runs.read_state(path)
     cfg = load_run_config("tiny", _args(micro_data, out, 20))
     model = LlamaModel(ckpt.checkpoint_model_config(path, state))
     ckpt.load_model_weights(model, path)

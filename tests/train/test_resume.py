@@ -10,9 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from threadpoolctl import threadpool_limits
 
+from krmini import runs
 from krmini.errors import KrminiError
-from krmini.train import checkpoint as ckpt
 from krmini.train.config import load_run_config
 from krmini.train.trainer import train
 from tests.train.microrun import krmini_cmd, micro_overrides, subprocess_env, train_losses
@@ -30,8 +32,17 @@ def _cfg(data: Path, out: Path, steps: int):
 
 @pytest.fixture(scope="module")
 def reference(micro_data, tmp_path_factory) -> Path:
+    """The uninterrupted run, on one thread like every run it is compared with: module fixtures are
+    built before the per-test `one_thread` fixture applies, and a matmul split over two threads can
+    round differently in the last bit."""
     out = tmp_path_factory.mktemp("reference") / "run"
-    train(_cfg(micro_data, out, REFERENCE_STEPS), progress=False)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1):
+            train(_cfg(micro_data, out, REFERENCE_STEPS), progress=False)
+    finally:
+        torch.set_num_threads(previous)
     return out
 
 
@@ -53,7 +64,7 @@ def test_killed_between_checkpoint_files_resumes_exactly(micro_data, reference, 
                           timeout=120, env=subprocess_env(KRMINI_TEST_KILL_IN_CHECKPOINT="15"))
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     partial = out / "checkpoints" / "step_00000015.tmp"
-    assert (partial / ckpt.MODEL_FILE).is_file() and not (partial / ckpt.OPTIM_FILE).exists()
+    assert (partial / runs.MODEL_FILE).is_file() and not (partial / runs.OPTIM_FILE).exists()
     assert (out / "checkpoints" / "latest").read_text() == "step_00000010"
     _resume_and_compare(micro_data, out, reference, 10, 30)
 
@@ -70,7 +81,7 @@ def test_sigkill_mid_run_resumes_exactly(micro_data, reference, tmp_path):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    path, state = ckpt.last_good_checkpoint(out / "checkpoints")
+    path, state = runs.last_good_checkpoint(out / "checkpoints")
     assert 10 <= state["step"] <= REFERENCE_STEPS - 5, "the killed run ran too far to compare"
     logged = max(train_losses(out))
     assert logged >= state["step"]  # it was killed after its last checkpoint, mid-run
@@ -81,13 +92,13 @@ def test_corrupt_checkpoint_falls_back_to_last_good(micro_data, reference, tmp_p
     out = tmp_path / "run"
     shutil.copytree(reference, out)
     newest = out / "checkpoints" / f"step_{REFERENCE_STEPS:08d}"
-    weights = newest / ckpt.MODEL_FILE
+    weights = newest / runs.MODEL_FILE
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped bit pattern in the middle of the weights
     weights.write_bytes(bytes(data))
     good = out / "checkpoints" / f"step_{REFERENCE_STEPS - 5:08d}"
     with pytest.raises(KrminiError, match=f"corrupt or truncated.*last good checkpoint: {good}"):
-        ckpt.read_state(newest)
+        runs.read_state(newest)
     with pytest.warns(UserWarning, match=f"{weights}: corrupt") as caught:
         _resume_and_compare(micro_data, out, reference, REFERENCE_STEPS - 5, REFERENCE_STEPS)
     assert any(f"last good checkpoint {good}" in str(w.message) for w in caught)
@@ -96,19 +107,19 @@ def test_corrupt_checkpoint_falls_back_to_last_good(micro_data, reference, tmp_p
 def test_every_checkpoint_damaged_stops_with_a_clear_message(micro_data, reference, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(reference, out)
-    for path in ckpt.complete_checkpoints(out / "checkpoints"):
-        (path / ckpt.STATE_FILE).write_text("{not json", encoding="utf-8")
+    for path in runs.complete_checkpoints(out / "checkpoints"):
+        (path / runs.STATE_FILE).write_text("{not json", encoding="utf-8")
     with pytest.warns(UserWarning), pytest.raises(KrminiError, match="every checkpoint is damaged"):
         train(_cfg(micro_data, out, REFERENCE_STEPS + 5), resume=True, progress=False)
 
 
 def test_resume_restores_optimizer_rng_and_step(micro_data, reference):
-    path, state = ckpt.last_good_checkpoint(reference / "checkpoints")
+    path, state = runs.last_good_checkpoint(reference / "checkpoints")
     assert state["step"] == REFERENCE_STEPS and state["world_size"] == 1
-    meta = json.loads((path / ckpt.STATE_FILE).read_text(encoding="utf-8"))
+    meta = json.loads((path / runs.STATE_FILE).read_text(encoding="utf-8"))
     assert meta["optimizer"]["param_groups"][0]["params"] == list(range(len(meta["optimizer"]["param_groups"][0]["params"])))
     from safetensors.torch import load_file
 
-    tensors = load_file(path / ckpt.OPTIM_FILE)
+    tensors = load_file(path / runs.OPTIM_FILE)
     assert "rng.cpu" in tensors and any(k.endswith(".exp_avg_sq") for k in tensors)
     assert float(tensors["state.0.step"]) == REFERENCE_STEPS

@@ -1,1 +1,1 @@
-"""Chat: the conversation template, instruction-tuning data, LoRA adapters and the terminal REPL."""
+"""Chat: the conversation template, instruction-tuning data and runs, chat-model loading, `lora merge`, the REPL."""

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 from krmini.chat.load import load_chat_model
-from krmini.chat.lora import parse_lora_spec
 from krmini.chat.repl import ChatSession, repl
 from krmini.chat.sft import run_sft
 from krmini.chat.template import stop_ids
 from krmini.device import pick_device, pick_dtype
 from krmini.infer.build import build_engine
 from krmini.infer.cli import add_device_args, add_sampling_args, sampling_from_args
+from krmini.train.lora import parse_lora_spec
 
 
 def register(subparsers) -> None:

@@ -35,7 +35,6 @@ from krmini.data.shards import (
     FORMAT_VERSION,
     ShardWriter,
     SplitStats,
-    atomic_write_bytes,
     load_split,
     read_manifest,
     token_dtype,
@@ -43,6 +42,7 @@ from krmini.data.shards import (
 )
 from krmini.data.split import document_digest, split_of
 from krmini.errors import KrminiError
+from krmini.runs import write_bytes_atomic
 from krmini.tokenizer import KoTokenizer
 from krmini.train.trainer import BatchSources
 
@@ -170,7 +170,7 @@ def prepare_chat(paths: list[str | Path], tokenizer: KoTokenizer, tokenizer_path
         if stats[split].documents == 0:
             raise KrminiError(f"{', '.join(map(str, paths))}: {report.summary()}; none in the {split} split — "
                               f"give more conversations")
-        atomic_write_bytes(out / f"{split}.mask", np.concatenate(masks[split]).tobytes())
+        write_bytes_atomic(out / f"{split}.mask", np.concatenate(masks[split]).tobytes())
     manifest = {
         "format_version": FORMAT_VERSION, "kind": "chat", "dtype": dtype.name,
         "vocab_size": tokenizer.vocab_size, "bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id,

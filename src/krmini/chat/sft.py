@@ -13,26 +13,25 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from krmini.chat.data import chat_batches, prepare_chat
-from krmini.chat.lora import LoraConfig, save_adapter
 from krmini.chat.template import END
 from krmini.config import apply_overrides, from_dict, load_yaml
 from krmini.data.shards import read_manifest
 from krmini.errors import KrminiError
+from krmini.runs import ADAPTER_DIR, MODEL_FILE, TOKENIZER_DIR, lora_section, read_state, resolve_checkpoint
 from krmini.tokenizer import KoTokenizer
-from krmini.train import checkpoint as ckpt
+from krmini.train.checkpoint import checkpoint_model_config
 from krmini.train.config import RunConfig, resolve_config_path
+from krmini.train.lora import LoraConfig, save_adapter
 from krmini.train.trainer import train
-
-ADAPTER_DIR = "adapter"
 
 
 def sft_config(base: str | Path, out: str | Path, config: str = "sft", overrides: list[str] | None = None,
                lora: LoraConfig | None = None) -> RunConfig:
     """The run config: the base's model section, the SFT train section, `init_from` = the base."""
-    base_ckpt = ckpt.resolve_checkpoint(base)
-    state = ckpt.read_state(base_ckpt)
-    model = ckpt.checkpoint_model_config(base_ckpt, state)
-    if (state.get("run_config") or {}).get("lora"):
+    base_ckpt = resolve_checkpoint(base)
+    state = read_state(base_ckpt)
+    model = checkpoint_model_config(base_ckpt, state)
+    if lora_section(state):
         raise KrminiError(f"{base_ckpt}: is a LoRA run; tune from its base, or merge it first")
     path = resolve_config_path(config)
     data = load_yaml(path)
@@ -60,7 +59,7 @@ def run_sft(base: str | Path, data: list[str], out: str | Path, config: str = "s
     else:
         cfg = sft_config(base, out, config, overrides, lora)
     base_ckpt = Path(cfg.train.init_from)
-    tokenizer_dir = base_ckpt / "tokenizer"
+    tokenizer_dir = base_ckpt / TOKENIZER_DIR
     tokenizer = KoTokenizer.load(tokenizer_dir)
     tokenizer.token_id(END)
     data_dir = Path(cfg.train.data_dir)
@@ -74,7 +73,7 @@ def run_sft(base: str | Path, data: list[str], out: str | Path, config: str = "s
     result = train(cfg, resume=resume, progress=progress, batches=batches)
     result["report"] = manifest["report"]
     if cfg.lora is not None:
-        final = ckpt.resolve_checkpoint(out)
-        adapter = save_adapter(load_file(final / ckpt.MODEL_FILE), cfg.lora, Path(out) / ADAPTER_DIR, str(base_ckpt))
+        final = resolve_checkpoint(out)
+        adapter = save_adapter(load_file(final / MODEL_FILE), cfg.lora, Path(out) / ADAPTER_DIR, str(base_ckpt))
         print(f"adapter → {adapter} (load with --adapter onto {base_ckpt})")
     return result

@@ -3,20 +3,21 @@
 A shard is a flat little-endian array of token ids (`uint16`, or `uint32` when the vocabulary does
 not fit in 16 bits): documents back to back, each wrapped as BOS … EOS. Training memory-maps them.
 `manifest.json` records what is in each split (documents, raw UTF-8 bytes, tokens) — the byte count
-is what turns a loss into bits per byte. Every file is written under a temporary name and renamed
-when complete, so a crash never leaves a shard that looks whole.
+is what turns a loss into bits per byte. Every file is a staged write (`krmini.runs`): built under
+a temporary name and renamed when complete, so a crash never leaves a shard that looks whole.
 """
 
 from __future__ import annotations
 
 import json
-import os
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from krmini.errors import KrminiError
+from krmini.runs import staged_file, write_json_atomic
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -24,15 +25,6 @@ FORMAT_VERSION = 1
 
 def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 65536 else np.uint32)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -51,13 +43,14 @@ class ShardWriter:
         self.out_dir, self.split, self.dtype, self.shard_tokens, self.stats = out_dir, split, dtype, shard_tokens, stats
         self.prefix = prefix  # names one machine's shards apart from another's (`krmini prepare --shard-index`)
         self._fh = None
-        self._tmp: Path | None = None
+        self._stage: ExitStack | None = None  # the open shard's staged write, committed by close()
         self._written = 0
 
     def _open(self) -> None:
         name = f"{self.prefix}{self.split}_{len(self.stats.shards):05d}.bin"
-        self._tmp = self.out_dir / (name + ".tmp")
-        self._fh = open(self._tmp, "wb")  # noqa: SIM115 (kept open across write() calls)
+        self._stage = ExitStack()
+        tmp = self._stage.enter_context(staged_file(self.out_dir / name, force=True))
+        self._fh = open(tmp, "wb")  # noqa: SIM115 (kept open across write() calls)
         self._written = 0
         self.stats.shards.append(name)
 
@@ -72,16 +65,16 @@ class ShardWriter:
         self.stats.tokens += len(ids)
 
     def close(self) -> None:
+        """Finish the open shard: the staged write fsyncs it and renames it to its final name."""
         if self._fh is not None:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
             self._fh.close()
-            os.replace(self._tmp, self._tmp.with_suffix(""))
             self._fh = None
+            self._stage.close()
+            self._stage = None
 
 
 def write_manifest(out_dir: Path, manifest: dict, name: str = MANIFEST) -> None:
-    atomic_write_bytes(out_dir / name, json.dumps(manifest, ensure_ascii=False, indent=2).encode("utf-8"))
+    write_json_atomic(out_dir / name, manifest)
 
 
 def read_manifest(data_dir: str | Path) -> dict:

@@ -6,7 +6,6 @@ Sections: config, data (manifest summary), training curves (loss; bits per byte)
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -18,6 +17,7 @@ from krmini.errors import KrminiError
 from krmini.eval.results import RESULTS_DIR, read_results
 from krmini.infer.generate import SamplingConfig, generate_text
 from krmini.infer.load import load_model
+from krmini.runs import CHECKPOINTS_DIR, write_text_atomic
 from krmini.train.metrics import read_metrics
 
 matplotlib.use("Agg")
@@ -113,7 +113,7 @@ def _eval_section(results: list[dict]) -> list[str]:
 
 def build_report(run: Path, out: Path | None, prompts: list[str], max_new_tokens: int = 60,
                  device: str = "auto") -> Path:
-    if not (run / "checkpoints").is_dir():
+    if not (run / CHECKPOINTS_DIR).is_dir():
         raise KrminiError(f"{run}: not a run directory (expected checkpoints/ inside)")
     out = out or run
     out.mkdir(parents=True, exist_ok=True)
@@ -143,8 +143,4 @@ def build_report(run: Path, out: Path | None, prompts: list[str], max_new_tokens
     for prompt in prompts:
         text = generate_text(loaded.model, loaded.tokenizer, prompt, sampling)
         lines += [f"- **{prompt}**{text.replace(chr(10), ' ')}"]
-    path = out / REPORT_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(out / REPORT_FILE, "\n".join(lines) + "\n")

@@ -1,12 +1,12 @@
-"""Where evaluation results live: JSON files under `<run>/eval/`, written atomically."""
+"""Where evaluation results live: JSON files under `<run>/eval/`, written staged (`krmini.runs`)."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from krmini.errors import KrminiError
+from krmini.runs import CHECKPOINTS_DIR, write_json_atomic
 
 RESULTS_DIR = "eval"
 
@@ -14,16 +14,12 @@ RESULTS_DIR = "eval"
 def results_dir(run_or_ckpt: str | Path, ckpt: Path) -> Path:
     """`<run>/eval` for a run directory, `<checkpoint>/eval` for a checkpoint given directly."""
     run = Path(run_or_ckpt)
-    return run / RESULTS_DIR if (run / "checkpoints").is_dir() else ckpt / RESULTS_DIR
+    return run / RESULTS_DIR if (run / CHECKPOINTS_DIR).is_dir() else ckpt / RESULTS_DIR
 
 
 def write_json(path: Path, record: dict) -> Path:
     """Written under a temporary name, then renamed over the old file: never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(path, record)
 
 
 def read_results(directory: Path) -> list[dict]:

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 from krmini.errors import KrminiError
-from krmini.export.output import staged_file
 from krmini.infer.load import LoadedModel
 from krmini.model import LlamaModel
+from krmini.runs import staged_file
 from krmini.tokenizer import KoTokenizer
 from krmini.tokenizer.tokenizer import BYTE_TOKENS, SPECIAL_TOKENS
 
@@ -139,6 +139,8 @@ def write_gguf(model: LlamaModel, vocab: GGUFVocab, out: Path, kind: str = "f16"
     c = model.config
     file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                  "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[kind]
+    if out.is_dir():
+        raise KrminiError(f"{out}: is a directory; expected a file name such as model.gguf")
     with staged_file(out, force) as tmp:
         writer = gguf.GGUFWriter(str(tmp), "llama")
         writer.add_name(name)

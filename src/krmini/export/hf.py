@@ -22,9 +22,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from krmini.errors import KrminiError
-from krmini.export.output import staged_dir
 from krmini.infer.load import LoadedModel
 from krmini.model import LlamaModel, ModelConfig
+from krmini.runs import CHECKPOINTS_DIR, TOKENIZER_DIR, staged_dir
 from krmini.tokenizer import KoTokenizer
 from krmini.train import checkpoint as ckpt
 from krmini.train.config import TrainConfig
@@ -162,9 +162,9 @@ def import_hf(src: Path, out_run: Path, force: bool = False) -> Path:
     """Write a Hugging Face Llama directory as one of our runs (tokenizer/ + checkpoints/step_00000000)."""
     model, tokenizer = load_hf(src)
     with staged_dir(out_run, force) as tmp:
-        tokenizer.save(tmp / "tokenizer", model.config.max_position_embeddings)
+        tokenizer.save(tmp / TOKENIZER_DIR, model.config.max_position_embeddings)
         # A fresh optimizer keeps the checkpoint layout standard, so the run can be fine-tuned later.
         state = {"model_config": asdict(model.config), "imported_from": str(src)}
-        path = ckpt.save_checkpoint(tmp / "checkpoints", 0, model, build_optimizer(model, TrainConfig()), state, 1)
-        tokenizer.save(path / "tokenizer", model.config.max_position_embeddings)
+        path = ckpt.save_checkpoint(tmp / CHECKPOINTS_DIR, 0, model, build_optimizer(model, TrainConfig()), state, 1)
+        tokenizer.save(path / TOKENIZER_DIR, model.config.max_position_embeddings)
     return out_run

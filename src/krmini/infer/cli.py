@@ -14,7 +14,7 @@ from krmini.infer.build import build_engine
 from krmini.infer.fast.quantize import quantize_model, save_int8
 from krmini.infer.load import load_model
 from krmini.infer.sampling import TRUNCATE_MODES, SamplingConfig
-from krmini.train import checkpoint as ckpt
+from krmini.runs import MODEL_FILE, read_state, resolve_checkpoint
 
 
 def add_device_args(p) -> None:
@@ -104,17 +104,17 @@ def val_perplexity(model, state: dict, device: torch.device) -> dict | None:
 
 
 def run_quantize(args) -> int:
-    source = ckpt.resolve_checkpoint(args.model)
+    source = resolve_checkpoint(args.model)
     out = Path(args.out) if args.out else Path(args.model) / "int8"
     if out.resolve() == source.resolve():
         raise KrminiError(f"--out: {out} is the source checkpoint; choose another directory")
     device = torch.device("cpu")
     loaded = load_model(source, device)
-    state = ckpt.read_state(source, verify=False)
+    state = read_state(source, verify=False)
     before = None if args.no_eval else val_perplexity(loaded.model, state, device)
     model = quantize_model(loaded.model)
     save_int8(model, source, state, out)
-    size_in, size_out = ((d / ckpt.MODEL_FILE).stat().st_size for d in (source, out))
+    size_in, size_out = ((d / MODEL_FILE).stat().st_size for d in (source, out))
     print(f"wrote {out}: {size_out / 1e6:.2f} MB (fp32 {size_in / 1e6:.2f} MB, {size_in / size_out:.2f}x smaller)")
     if args.no_eval:
         return 0

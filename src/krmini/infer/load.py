@@ -1,9 +1,20 @@
-"""Load a trained model and its tokenizer from a run or checkpoint directory (float or int8)."""
+"""Load a trained model and its tokenizer from a run or checkpoint directory: the one loader.
+
+Every command that reads a model (generate, chat, serve, eval, report, quantize, export, bench)
+calls `load_model`, so all of them open the same three kinds of checkpoint:
+
+    plain   model.safetensors holds the float weights
+    int8    state.json has "quantization": "int8" (written by `krmini quantize`)
+    LoRA    state.json has run_config.lora: the weights hold the frozen base *and* the A/B
+            matrices; the adapters are rebuilt, loaded and merged (W + (alpha / r)·B·A) here,
+            so what the caller gets is a plain model that generates as fast as any other
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -12,8 +23,10 @@ from safetensors.torch import load_file
 from krmini.errors import KrminiError
 from krmini.infer.fast.quantize import METHOD, int8_skeleton, int8_tensors
 from krmini.model import LlamaModel, ModelConfig
+from krmini.runs import MODEL_FILE, STATE_FILE, TOKENIZER_DIR, read_state, resolve_checkpoint
 from krmini.tokenizer import KoTokenizer
-from krmini.train import checkpoint as ckpt
+from krmini.train.checkpoint import checkpoint_model_config, load_model_weights
+from krmini.train.lora import apply_lora, merge_lora, run_lora_config
 
 
 @dataclass
@@ -21,10 +34,11 @@ class LoadedModel:
     model: LlamaModel
     tokenizer: KoTokenizer
     path: Path  # the checkpoint directory
+    state: dict[str, Any] = field(default_factory=dict)  # its state.json
 
 
 def _load_int8(model: LlamaModel, path: Path) -> None:
-    file = path / ckpt.MODEL_FILE
+    file = path / MODEL_FILE
     try:
         tensors = load_file(file)
     except (SafetensorError, OSError) as exc:
@@ -39,7 +53,7 @@ def _load_int8(model: LlamaModel, path: Path) -> None:
 
 def load_checkpoint_tokenizer(path: Path, config: ModelConfig) -> KoTokenizer:
     """The tokenizer saved inside a checkpoint, checked against the model's vocabulary."""
-    tokenizer_dir = path / "tokenizer"
+    tokenizer_dir = path / TOKENIZER_DIR
     if not tokenizer_dir.is_dir():
         raise KrminiError(f"{path}: checkpoint has no tokenizer/ directory")
     tokenizer = KoTokenizer.load(tokenizer_dir)
@@ -49,17 +63,33 @@ def load_checkpoint_tokenizer(path: Path, config: ModelConfig) -> KoTokenizer:
     return tokenizer
 
 
-def load_model(run_or_ckpt: str | Path, device: torch.device, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    path = ckpt.resolve_checkpoint(run_or_ckpt)
-    state = ckpt.read_state(path)
-    config = ckpt.checkpoint_model_config(path, state)
-    tokenizer = load_checkpoint_tokenizer(path, config)
+def checkpoint_model(path: Path, state: dict[str, Any]) -> LlamaModel:
+    """The model a checkpoint holds, on the CPU in its saved dtype: plain, int8, or LoRA merged."""
+    config = checkpoint_model_config(path, state)
+    lora = run_lora_config(state, str(path / STATE_FILE))
     model = LlamaModel(config)
-    if state.get("quantization") == METHOD:
+    if "quantization" in state:
+        if state["quantization"] != METHOD:
+            raise KrminiError(f"{path / STATE_FILE}: unknown quantization {state['quantization']!r}")
+        if lora is not None:
+            raise KrminiError(f"{path / STATE_FILE}: an int8 checkpoint with run_config.lora set; adapters cannot "
+                              "be merged into int8 weights (merge the float run with `krmini lora merge`, then "
+                              "quantize)")
         _load_int8(int8_skeleton(model), path)
-    elif "quantization" in state:
-        raise KrminiError(f"{path / ckpt.STATE_FILE}: unknown quantization {state['quantization']!r}")
-    else:
-        ckpt.load_model_weights(model, path)
+        return model
+    if lora is None:
+        load_model_weights(model, path)
+        return model
+    apply_lora(model, lora)
+    load_model_weights(model, path)
+    return merge_lora(model)
+
+
+def load_model(run_or_ckpt: str | Path, device: torch.device, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Resolve, verify (checksums) and load a checkpoint in eval mode on `device` in `dtype`."""
+    path = resolve_checkpoint(run_or_ckpt)
+    state = read_state(path)
+    model = checkpoint_model(path, state)
+    tokenizer = load_checkpoint_tokenizer(path, model.config)
     model.to(device=device, dtype=dtype).eval()
-    return LoadedModel(model, tokenizer, path)
+    return LoadedModel(model, tokenizer, path, state)

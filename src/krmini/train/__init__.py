@@ -1,1 +1,1 @@
-"""Pretraining: config, optimizer and schedule, data windows, checkpoints, the training loop."""
+"""Training: config, optimizer and schedule, data windows, checkpoints, LoRA adapters, the training loop."""

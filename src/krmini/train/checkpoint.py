@@ -1,23 +1,19 @@
-"""Checkpoints: safetensors only (nothing is ever unpickled), written atomically, checksummed.
+"""Training checkpoints: the model and optimizer tensors of a (possibly sharded) run, and back.
 
-    checkpoints/step_00000600/
-        model.safetensors       weights, Hugging Face names
-        optimizer.safetensors   AdamW moments + RNG states
-        state.json              step, configs, optimizer hyper-parameters, sha256 of each file
-    checkpoints/latest          name of the newest complete checkpoint
+The format itself — file names, `latest`, checksums, resolution, staged writes — belongs to
+`krmini.runs`; this module adds what only training needs: gathering full tensors from DDP/FSDP,
+the AdamW moments and RNG states, and restoring them on `--resume`. Safetensors only: nothing is
+ever unpickled.
 
-A checkpoint is built in `step_…tmp/` and renamed into place only when every file is flushed; then
+A checkpoint is built in `step_….tmp/` and renamed into place only when every file is flushed; then
 `latest` is replaced atomically. A crash at any moment leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import signal
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,27 +24,19 @@ from safetensors.torch import load_file, save_file
 from krmini.config import from_dict
 from krmini.errors import KrminiError
 from krmini.model.config import ModelConfig
-
-MODEL_FILE = "model.safetensors"
-OPTIM_FILE = "optimizer.safetensors"
-STATE_FILE = "state.json"
-LATEST = "latest"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from krmini.runs import (
+    LATEST,
+    MODEL_FILE,
+    OPTIM_FILE,
+    STATE_FILE,
+    TOKENIZER_DIR,
+    complete_checkpoints,
+    fsync_dir,
+    staged_dir,
+    step_name,
+    write_state,
+    write_text_atomic,
+)
 
 
 def _full_state_options():
@@ -112,113 +100,32 @@ def _test_kill_point(step: int) -> None:
 
 
 def write_checkpoint(ckpt_root: Path, step: int, weights: dict[str, torch.Tensor],
-                     optim: tuple[dict[str, torch.Tensor], dict[str, Any]], state: dict[str, Any], keep: int) -> Path:
-    """Write gathered tensors (from `model_tensors` / `optimizer_tensors`) as `step_<step>`; rank 0 only."""
-    ckpt_root.mkdir(parents=True, exist_ok=True)
-    name = f"step_{step:08d}"
-    final, tmp = ckpt_root / name, ckpt_root / (name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(weights, tmp / MODEL_FILE, metadata={"format": "pt"})
-    _test_kill_point(step)
-    opt_tensors, opt_meta = optim
-    save_file({**opt_tensors, **rng_tensors()}, tmp / OPTIM_FILE)
-    state = {**state, "step": step, "optimizer": opt_meta,
-             "checksums": {f: _sha256(tmp / f) for f in (MODEL_FILE, OPTIM_FILE)}}
-    (tmp / STATE_FILE).write_text(json.dumps(state, ensure_ascii=False, indent=2), encoding="utf-8")
-    for f in (MODEL_FILE, OPTIM_FILE, STATE_FILE):
-        with open(tmp / f, "rb") as fh:
-            os.fsync(fh.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    latest_tmp = ckpt_root / (LATEST + ".tmp")
-    latest_tmp.write_text(name, encoding="utf-8")
-    os.replace(latest_tmp, ckpt_root / LATEST)
-    _fsync_dir(ckpt_root)
+                     optim: tuple[dict[str, torch.Tensor], dict[str, Any]], state: dict[str, Any], keep: int,
+                     tokenizer_dir: Path | None = None) -> Path:
+    """Write gathered tensors (from `model_tensors` / `optimizer_tensors`) as `step_<step>`; rank 0 only.
+
+    `tokenizer_dir` is copied inside the staged directory, so a checkpoint never appears without it.
+    """
+    ckpt_root = Path(ckpt_root)
+    name = step_name(step)
+    with staged_dir(ckpt_root / name, force=True) as tmp:
+        save_file(weights, tmp / MODEL_FILE, metadata={"format": "pt"})
+        _test_kill_point(step)
+        opt_tensors, opt_meta = optim
+        save_file({**opt_tensors, **rng_tensors()}, tmp / OPTIM_FILE)
+        write_state(tmp, {**state, "step": step, "optimizer": opt_meta}, (MODEL_FILE, OPTIM_FILE))
+        if tokenizer_dir is not None:
+            shutil.copytree(tokenizer_dir, tmp / TOKENIZER_DIR)
+    write_text_atomic(ckpt_root / LATEST, name)
+    fsync_dir(ckpt_root)
     for old in complete_checkpoints(ckpt_root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-    return final
+    return ckpt_root / name
 
 
 def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, state: dict[str, Any], keep: int) -> Path:
     """Single-process convenience: gather and write in one call."""
     return write_checkpoint(ckpt_root, step, model_tensors(model), optimizer_tensors(model, optimizer), state, keep)
-
-
-def complete_checkpoints(ckpt_root: Path) -> list[Path]:
-    return sorted(p for p in ckpt_root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp")
-                  and (p / STATE_FILE).is_file())
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory, or a run directory (→ its latest checkpoint)."""
-    path = Path(path)
-    if (path / STATE_FILE).is_file():
-        return path
-    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    latest = root / LATEST
-    if latest.is_file():
-        return root / latest.read_text(encoding="utf-8").strip()
-    found = complete_checkpoints(root) if root.is_dir() else []
-    if found:
-        return found[-1]
-    raise KrminiError(f"{path}: no checkpoint found (expected a run directory or a checkpoint directory)")
-
-
-def read_state(ckpt: Path, verify: bool = True) -> dict[str, Any]:
-    """Load state.json and check every file against its recorded sha256."""
-    state_path = ckpt / STATE_FILE
-    try:
-        state = json.loads(state_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise KrminiError(f"{state_path}: missing; the checkpoint is incomplete") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise KrminiError(f"{state_path}: corrupt (not valid JSON)") from None
-    if verify:
-        bad = _corrupt_file(ckpt, state)
-        if bad:
-            good = [p for p in complete_checkpoints(ckpt.parent) if p != ckpt and _is_intact(p)]
-            hint = f"; last good checkpoint: {good[-1]}" if good else "; no other intact checkpoint"
-            raise KrminiError(f"{bad}: corrupt or truncated (checksum mismatch){hint}")
-    return state
-
-
-def _corrupt_file(ckpt: Path, state: dict[str, Any]) -> Path | None:
-    for f, digest in state.get("checksums", {}).items():
-        if not (ckpt / f).is_file() or _sha256(ckpt / f) != digest:
-            return ckpt / f
-    return None
-
-
-def _is_intact(ckpt: Path) -> bool:
-    try:
-        state = json.loads((ckpt / STATE_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return _corrupt_file(ckpt, state) is None
-
-
-def last_good_checkpoint(ckpt_root: Path) -> tuple[Path, dict[str, Any]]:
-    """The newest checkpoint whose files match their checksums, for `--resume`.
-
-    A damaged newer one (a disk error, a copy cut short) is skipped with a warning naming it, so a
-    long run continues from the last good state instead of stopping; nothing is deleted.
-    """
-    found = complete_checkpoints(ckpt_root) if ckpt_root.is_dir() else []
-    if not found:
-        raise KrminiError(f"{ckpt_root}: --resume given but there is no checkpoint to resume from")
-    for path in reversed(found):
-        try:
-            state = read_state(path)
-        except KrminiError as exc:
-            warnings.warn(f"skipping damaged checkpoint: {exc}", stacklevel=2)
-            continue
-        if path != found[-1]:
-            warnings.warn(f"resuming from the last good checkpoint {path}", stacklevel=2)
-        return path, state
-    raise KrminiError(f"{ckpt_root}: every checkpoint is damaged (checksum mismatch or bad state.json); "
-                      "cannot resume")
 
 
 def checkpoint_model_config(ckpt: Path, state: dict[str, Any]) -> ModelConfig:

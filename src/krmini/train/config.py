@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from krmini.chat.lora import LoraConfig
 from krmini.config import apply_overrides, from_dict, load_yaml
 from krmini.device import PRECISIONS
 from krmini.errors import KrminiError
 from krmini.model.config import ModelConfig
+from krmini.train.lora import LoraConfig
 
 STRATEGIES = ("ddp", "fsdp")
 

@@ -10,7 +10,6 @@ of its own: a resumed run sees exactly the batches the uninterrupted run would h
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,12 +18,21 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from krmini.chat.lora import apply_lora
 from krmini.data.loader import TokenWindows, split_windows
 from krmini.data.shards import read_manifest
 from krmini.device import autocast, pick_precision
 from krmini.errors import KrminiError
 from krmini.model import LlamaModel
+from krmini.runs import (
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    TOKENIZER_DIR,
+    complete_checkpoints,
+    last_good_checkpoint,
+    read_state,
+    resolve_checkpoint,
+    write_text_atomic,
+)
 from krmini.tokenizer import KoTokenizer
 from krmini.train import checkpoint as ckpt
 from krmini.train import distributed as ddist
@@ -32,6 +40,7 @@ from krmini.train.config import RunConfig
 from krmini.train.evaluation import evaluate
 from krmini.train.flops import measure_matmul_peak, training_flops_per_token
 from krmini.train.loggers import RunLoggers
+from krmini.train.lora import apply_lora
 from krmini.train.metrics import plot_loss, plot_training
 from krmini.train.optim import build_optimizer, lr_at
 
@@ -79,15 +88,15 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, batches: BatchSources |
                           f"{manifest['vocab_size']} that {t.data_dir} was tokenized with")
     offset, local_batch = ddist.local_slice(t.batch_size, ctx)
     out = Path(t.out_dir)
-    ckpt_root = out / "checkpoints"
+    ckpt_root = out / CHECKPOINTS_DIR
     precision = pick_precision(t.precision, device)
     torch.manual_seed(t.seed)
 
     model = LlamaModel(cfg.model).to(device)
     model.grad_checkpointing = t.grad_checkpointing
     if t.init_from and not resume:
-        base = ckpt.resolve_checkpoint(t.init_from)
-        ckpt.read_state(base)
+        base = resolve_checkpoint(t.init_from)
+        read_state(base)
         ckpt.load_model_weights(model, base)
         if ctx.is_main:
             print(f"initialised from {base}")
@@ -98,13 +107,13 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, batches: BatchSources |
                   f"({100 * trainable / total:.2f}%)")
     start_step, state, path = 0, None, None
     if resume:
-        path, state = ckpt.last_good_checkpoint(ckpt_root)
+        path, state = last_good_checkpoint(ckpt_root)
         if state["model_config"] != asdict(cfg.model):
             raise KrminiError(f"{path}: checkpoint was trained with a different model config; "
                               f"resume with the same config or start a new out_dir")
         ckpt.load_model_weights(model, path)
         start_step = state["step"]
-    elif ckpt.complete_checkpoints(ckpt_root) if ckpt_root.is_dir() else False:
+    elif complete_checkpoints(ckpt_root):
         raise KrminiError(f"{out}: already has checkpoints; pass --resume to continue or choose another out_dir")
     model = ddist.wrap_model(model, t.strategy, ctx, device)
     optimizer = build_optimizer(model, t)
@@ -116,13 +125,12 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, batches: BatchSources |
     step_model = torch.compile(model) if t.compile else model
     eval_model = model if t.strategy == "fsdp" else ckpt.base_model(model)
 
-    tokenizer_dir = out / "tokenizer"
+    tokenizer_dir = out / TOKENIZER_DIR
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         if not tokenizer_dir.is_dir():
             KoTokenizer.load(manifest["tokenizer"]).save(tokenizer_dir, cfg.model.max_position_embeddings)
-        (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), allow_unicode=True, sort_keys=False),
-                                         encoding="utf-8")
+        write_text_atomic(out / CONFIG_FILE, yaml.safe_dump(asdict(cfg), allow_unicode=True, sort_keys=False))
     if batches is None:
         train_windows, _ = split_windows(t.data_dir, "train", t.seq_len, t.seed)
         batches = BatchSources(train_windows, *split_windows(t.data_dir, "val", t.seq_len, t.seed))
@@ -145,8 +153,7 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, batches: BatchSources |
         if ctx.is_main:
             extra = {"model_config": asdict(cfg.model), "run_config": asdict(cfg), "precision": precision,
                      "world_size": ctx.world_size, "scaler": scaler.state_dict() if scaler.is_enabled() else None}
-            saved = ckpt.write_checkpoint(ckpt_root, step, weights, optim, extra, t.keep_checkpoints)
-            shutil.copytree(tokenizer_dir, saved / "tokenizer", dirs_exist_ok=True)
+            ckpt.write_checkpoint(ckpt_root, step, weights, optim, extra, t.keep_checkpoints, tokenizer_dir)
         ddist.barrier(ctx)
 
     model.train()

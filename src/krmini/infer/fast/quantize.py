@@ -8,12 +8,11 @@ so a quarter of fp32's bytes is the point). Elsewhere the weights are dequantize
 
 A quantized checkpoint is a normal checkpoint directory (model.safetensors, state.json with
 checksums, tokenizer/) whose state.json has `"quantization": "int8"`; `load_model` rebuilds it.
+Quantizing a LoRA run quantizes the merged model: the copy is a plain int8 run (no run_config.lora).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from torch import nn
 from krmini import hardware
 from krmini.infer.fast.gemv import INT8_MAX_ROWS, gemv_int8
 from krmini.model import LlamaModel
-from krmini.train import checkpoint as ckpt
+from krmini.runs import MODEL_FILE, TOKENIZER_DIR, staged_dir, write_state
 
 METHOD = "int8"
 
@@ -128,18 +127,16 @@ def int8_tensors(model: LlamaModel) -> dict[str, torch.Tensor]:
 
 
 def save_int8(model: LlamaModel, source_ckpt: Path, state: dict, out: Path) -> Path:
-    """Write a quantized checkpoint directory atomically (temp directory, then rename)."""
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(int8_tensors(model), tmp / ckpt.MODEL_FILE, metadata={"format": "pt", "quantization": METHOD})
-    keep = {k: state[k] for k in ("model_config", "run_config", "step") if k in state}
-    info = {**keep, "quantization": METHOD, "source": str(source_ckpt),
-            "checksums": {ckpt.MODEL_FILE: ckpt._sha256(tmp / ckpt.MODEL_FILE)}}
-    (tmp / ckpt.STATE_FILE).write_text(json.dumps(info, ensure_ascii=False, indent=2), encoding="utf-8")
-    shutil.copytree(source_ckpt / "tokenizer", tmp / "tokenizer")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
+    """Write a quantized checkpoint directory, staged (replaces `out` whole, or leaves it untouched).
 
+    `model` is already merged if the source was a LoRA run, so `run_config.lora` is dropped: the
+    copy's weights hold no adapters, and a reader must not try to rebuild them.
+    """
+    keep = {k: state[k] for k in ("model_config", "run_config", "step") if k in state}
+    if (keep.get("run_config") or {}).get("lora") is not None:
+        keep["run_config"] = {**keep["run_config"], "lora": None}
+    with staged_dir(out, force=True) as tmp:
+        save_file(int8_tensors(model), tmp / MODEL_FILE, metadata={"format": "pt", "quantization": METHOD})
+        write_state(tmp, {**keep, "quantization": METHOD, "source": str(source_ckpt)}, (MODEL_FILE,))
+        shutil.copytree(source_ckpt / TOKENIZER_DIR, tmp / TOKENIZER_DIR)
+    return out

@@ -23,11 +23,10 @@ from torch import nn
 
 from krmini.config import from_dict
 from krmini.errors import KrminiError
+from krmini.runs import ADAPTER_CONFIG, ADAPTER_FILE, lora_section, staged_dir, write_json_atomic
 
 TARGETS = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj",
            "gate": "gate_proj", "up": "up_proj", "down": "down_proj"}
-ADAPTER_FILE = "adapter.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
 
 
 @dataclass
@@ -138,18 +137,14 @@ def adapter_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def save_adapter(tensors: dict[str, torch.Tensor], cfg: LoraConfig, out_dir: str | Path, base: str = "") -> Path:
-    """Write only the adapter (A and B matrices) and its config; written under .tmp names, then renamed."""
+    """Write only the adapter (A and B matrices) and its config, as one staged directory (replaced whole)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     tensors = adapter_tensors(tensors)
     if not tensors:
         raise KrminiError(f"{out}: no LoRA tensors to save (was the model trained with --lora?)")
-    tmp = out / (ADAPTER_FILE + ".tmp")
-    save_file(tensors, tmp, metadata={"format": "pt"})
-    tmp.replace(out / ADAPTER_FILE)
-    meta = out / (ADAPTER_CONFIG + ".tmp")
-    meta.write_text(json.dumps({**asdict(cfg), "base": base}, ensure_ascii=False, indent=2), encoding="utf-8")
-    meta.replace(out / ADAPTER_CONFIG)
+    with staged_dir(out, force=True) as tmp:
+        save_file(tensors, tmp / ADAPTER_FILE, metadata={"format": "pt"})
+        write_json_atomic(tmp / ADAPTER_CONFIG, {**asdict(cfg), "base": base})
     return out
 
 
@@ -183,3 +178,9 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> nn.Module:
             raise KrminiError(f"{path}: {k} has shape {tuple(v.shape)}, the base expects {tuple(expected[k].shape)}")
     model.load_state_dict(tensors, strict=False)
     return model
+
+
+def run_lora_config(state: dict, where: str) -> LoraConfig | None:
+    """The LoraConfig of a LoRA run's state.json (`run_config.lora`), or None for a plain run."""
+    section = lora_section(state)
+    return None if section is None else from_dict(LoraConfig, section, f"{where}:run_config.lora")

@@ -1,0 +1,50 @@
+"""The run format: file names, checkpoint resolution, checksums, and staged (all-or-nothing) writes.
+
+This is a foundation package — it imports only `krmini.errors` and `krmini.config` — so every
+stage that reads or writes a run (train, infer, chat, eval, export, data) agrees on one layout
+and one way of writing it, instead of each keeping its own copy of the names and the rename dance.
+See `layout` for the directory tree, `state` for checksums, `staged` for how files are written.
+"""
+
+from krmini.runs.layout import (
+    ADAPTER_CONFIG,
+    ADAPTER_DIR,
+    ADAPTER_FILE,
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    LATEST,
+    MODEL_FILE,
+    OPTIM_FILE,
+    STATE_FILE,
+    TOKENIZER_DIR,
+    complete_checkpoints,
+    lora_section,
+    resolve_checkpoint,
+    step_name,
+)
+from krmini.runs.staged import (
+    check_target,
+    fsync_dir,
+    staged_dir,
+    staged_file,
+    temp_path,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
+from krmini.runs.state import (
+    corrupt_file,
+    is_intact,
+    last_good_checkpoint,
+    read_state,
+    sha256_file,
+    write_state,
+)
+
+__all__ = [
+    "ADAPTER_CONFIG", "ADAPTER_DIR", "ADAPTER_FILE", "CHECKPOINTS_DIR", "CONFIG_FILE", "LATEST", "MODEL_FILE",
+    "OPTIM_FILE", "STATE_FILE", "TOKENIZER_DIR", "check_target", "complete_checkpoints", "corrupt_file",
+    "fsync_dir", "is_intact", "last_good_checkpoint", "lora_section", "read_state", "resolve_checkpoint",
+    "sha256_file", "staged_dir", "staged_file", "step_name", "temp_path", "write_bytes_atomic",
+    "write_json_atomic", "write_state", "write_text_atomic",
+]

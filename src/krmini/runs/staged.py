@@ -1,0 +1,137 @@
+"""Staged writes: build the output under a temporary sibling name, flush it, then rename it into place.
+
+Every file or directory the project writes for later reading (checkpoints, quantized copies,
+adapters, shards, manifests, eval results, reports, exports) goes through here, so one rule holds
+everywhere: a reader sees the old output or the complete new one, never half of either.
+
+    path.tmp   built here (a file, or a directory with all its files)
+    fsync      every file, then the directory, so the data is on disk before the name is
+    rename     os.replace onto `path` — atomic on POSIX within one file system
+
+If the body raises (or the user presses Ctrl-C) the temporary is removed and `path` is untouched.
+A process killed outright (SIGKILL, power loss) can leave `path.tmp` behind; the next write to the
+same path clears it first, and readers never look at `*.tmp` names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from krmini.errors import KrminiError
+
+TMP_SUFFIX = ".tmp"
+
+
+def temp_path(path: Path) -> Path:
+    """Where `path` is built: a sibling, so the final rename never crosses file systems."""
+    return path.with_name(path.name + TMP_SUFFIX)
+
+
+def check_target(path: Path, force: bool) -> None:
+    """Refuse a non-empty directory or an existing file unless `force` (one line, naming the path)."""
+    if force:
+        return
+    if path.is_dir() and any(path.iterdir()):
+        raise KrminiError(f"{path}: directory is not empty; choose another path or pass --force to replace it")
+    if path.exists() and not path.is_dir():
+        raise KrminiError(f"{path}: already exists; choose another path or pass --force to replace it")
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def fsync_dir(path: Path) -> None:
+    """Persist a directory's entries (the names made by a rename); a no-op where the OS refuses it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            fsync_file(Path(dirpath) / name)
+        fsync_dir(Path(dirpath))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+@contextmanager
+def staged_dir(path: str | Path, force: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary directory; when the body returns it replaces `path`.
+
+    Without `force`, an existing non-empty `path` is refused before anything is written.
+    """
+    path = Path(path)
+    check_target(path, force)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path)
+    _remove(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _remove(path)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+@contextmanager
+def staged_file(path: str | Path, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary file path to write (and close); when the body returns it replaces `path`."""
+    path = Path(path)
+    check_target(path, force)
+    if path.is_dir():
+        raise KrminiError(f"{path}: is a directory; expected a file name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path)
+    _remove(tmp)
+    try:
+        yield tmp
+        if not tmp.is_file():
+            raise FileNotFoundError(f"{tmp}: the staged write produced no file")
+        fsync_file(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """Replace `path` with `data` (staged: never half a file)."""
+    with staged_file(path, force=True) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | Path, record: Any) -> Path:
+    """Indented UTF-8 JSON (Korean kept readable, not \\u-escaped), ending in a newline."""
+    return write_text_atomic(path, json.dumps(record, ensure_ascii=False, indent=2) + "\n")

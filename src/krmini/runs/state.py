@@ -1,0 +1,93 @@
+"""state.json and the checksums in it: how a reader knows a checkpoint is whole and unchanged.
+
+The writer records the sha256 of every weight file in state.json (written last, inside the same
+staged directory). `read_state` recomputes them, so a disk error, a copy cut short or a flipped
+byte is a one-line error naming the file — and the newest intact sibling checkpoint to use instead
+— rather than a model that loads and quietly produces garbage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+from krmini.errors import KrminiError
+from krmini.runs.layout import STATE_FILE, complete_checkpoints
+from krmini.runs.staged import write_json_atomic
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_state(ckpt: Path, state: dict[str, Any], files: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """Write `ckpt/state.json`: `state` plus the sha256 of each of `files` (already written in `ckpt`)."""
+    state = {**state, "checksums": {f: sha256_file(ckpt / f) for f in files}}
+    write_json_atomic(ckpt / STATE_FILE, state)
+    return state
+
+
+def corrupt_file(ckpt: Path, state: dict[str, Any]) -> Path | None:
+    """The first file whose content no longer matches its recorded sha256 (or is missing), else None."""
+    for f, digest in state.get("checksums", {}).items():
+        if not (ckpt / f).is_file() or sha256_file(ckpt / f) != digest:
+            return ckpt / f
+    return None
+
+
+def is_intact(ckpt: Path) -> bool:
+    try:
+        state = json.loads((ckpt / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and corrupt_file(ckpt, state) is None
+
+
+def read_state(ckpt: Path, verify: bool = True) -> dict[str, Any]:
+    """Load state.json and (with `verify`) check every file against its recorded sha256."""
+    ckpt = Path(ckpt)
+    state_path = ckpt / STATE_FILE
+    try:
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise KrminiError(f"{state_path}: missing; the checkpoint is incomplete") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise KrminiError(f"{state_path}: corrupt (not valid JSON)") from None
+    if not isinstance(state, dict):
+        raise KrminiError(f"{state_path}: corrupt (expected a JSON object)")
+    if verify:
+        bad = corrupt_file(ckpt, state)
+        if bad:
+            good = [p for p in complete_checkpoints(ckpt.parent) if p != ckpt and is_intact(p)]
+            hint = f"; last good checkpoint: {good[-1]}" if good else "; no other intact checkpoint"
+            raise KrminiError(f"{bad}: corrupt or truncated (checksum mismatch){hint}")
+    return state
+
+
+def last_good_checkpoint(ckpt_root: Path) -> tuple[Path, dict[str, Any]]:
+    """The newest checkpoint whose files match their checksums, for `--resume`.
+
+    A damaged newer one (a disk error, a copy cut short) is skipped with a warning naming it, so a
+    long run continues from the last good state instead of stopping; nothing is deleted.
+    """
+    found = complete_checkpoints(ckpt_root)
+    if not found:
+        raise KrminiError(f"{ckpt_root}: --resume given but there is no checkpoint to resume from")
+    for path in reversed(found):
+        try:
+            state = read_state(path)
+        except KrminiError as exc:
+            warnings.warn(f"skipping damaged checkpoint: {exc}", stacklevel=2)
+            continue
+        if path != found[-1]:
+            warnings.warn(f"resuming from the last good checkpoint {path}", stacklevel=2)
+        return path, state
+    raise KrminiError(f"{ckpt_root}: every checkpoint is damaged (checksum mismatch or bad state.json); "
+                      "cannot resume")
