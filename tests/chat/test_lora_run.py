@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from krmini.infer.quantize import Int8Linear
+from krmini.infer.fast.quantize import Int8Linear
 
 from krmini.cli import main
 from krmini.eval.ppl import perplexity

@@ -8,7 +8,7 @@
 // independent sums so the adds never wait on each other. The two weight types differ only in how a
 // register's worth of weights is loaded and multiplied (`Bf16`, `Int8` below).
 //
-// Built on first use by krmini/infer/gemv.py, which uses it only where the CPU has AVX512-BF16.
+// Built on first use by krmini/infer/fast/gemv.py, which uses it only where the CPU has AVX512-BF16.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
