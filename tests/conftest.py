@@ -60,8 +60,7 @@ def tiny_run(tmp_path_factory) -> Path:
     from krmini.train.config import load_run_config
 
     out = tmp_path_factory.mktemp("tiny_run")
-    from krmini.data.prepare import PrepareConfig, prepare
-    from krmini.tokenizer.cli import sample_texts
+    from krmini.data.prepare import PrepareConfig, prepare, sample_texts
     from krmini.tokenizer.tokenizer import KoTokenizer
     from krmini.train.trainer import train
 
