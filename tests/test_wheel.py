@@ -3,12 +3,13 @@
 Builds the wheel from a copy of the sources (pip fetches the build backend), checks it holds the
 presets, the web chat page and the kernels' C++ sources, installs it with its dependencies into a
 new virtualenv (torch pinned to the local CPU wheel; an unpinned torch would download GBs of CUDA),
-and runs `krmini model-info` there from a directory outside the repository. Takes minutes:
-`make test-integration`.
+and runs `krmini model-info` there from a directory outside the repository. Those two take
+minutes (`make test-integration`); the first test is a quick check of the same layout in `make test`.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import subprocess
@@ -17,8 +18,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
-pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "src" / "krmini"
@@ -40,6 +39,17 @@ def data_files() -> list[str]:
     return sorted(p.relative_to(PACKAGE.parent).as_posix() for p in files)
 
 
+def test_package_data_covers_the_files_a_wheel_needs():
+    """Quick: presets are real files in the package (package data skips links) and pyproject lists them."""
+    assert not (PACKAGE / "presets").is_symlink()
+    assert (REPO / "configs").resolve() == (PACKAGE / "presets").resolve()
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["krmini"]
+    listed = {f"krmini/{name}" for pattern in patterns for name in glob.glob(pattern, root_dir=PACKAGE, recursive=True)}
+    unlisted = [name for name in data_files() if name not in listed]
+    assert not unlisted, f"pyproject.toml [tool.setuptools.package-data] matches none of {unlisted}"
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     # Build from a copy (as from a clean clone) so the build leaves nothing in the working tree;
@@ -55,6 +65,7 @@ def wheel(tmp_path_factory) -> Path:
     return built
 
 
+@pytest.mark.integration
 def test_the_wheel_holds_presets_page_and_kernel_sources(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = data_files()
@@ -66,6 +77,7 @@ def test_the_wheel_holds_presets_page_and_kernel_sources(wheel):
     assert not missing, f"{wheel.name} lacks {missing}"
 
 
+@pytest.mark.integration
 def test_an_installed_wheel_runs_outside_the_repo(wheel, tmp_path):
     from krmini.model.info import count_parameters
     from krmini.train.config import load_run_config
