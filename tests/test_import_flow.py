@@ -12,8 +12,8 @@ Layers, bottom to top:
 
 `lab` (the from-scratch teaching code) imports only foundation modules.
 
-Every `import` statement counts, at module level or inside a function, as does `importlib.import_module`
-with a literal name. The test reads the source with `ast`; it imports nothing.
+Every `import` statement counts (module level, inside a function, under `if TYPE_CHECKING:`), as does
+`importlib.import_module` with a literal name. The test reads the source with `ast`; it imports nothing.
 """
 
 from __future__ import annotations
