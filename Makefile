@@ -1,10 +1,11 @@
-# Two commands: `make demo` and `make test`. Both build .venv first (CPU torch, no CUDA download).
+# `make demo` and `make test` (fast); `make test-integration` (builds and installs the wheel: minutes).
+# All build .venv first (CPU torch, no CUDA download).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test test-integration lint venv clean
 
 venv: $(STAMP)
 
@@ -21,6 +22,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
+
+test-integration: $(STAMP)
+	$(PY) -m pytest -q -m integration
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

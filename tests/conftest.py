@@ -6,6 +6,7 @@ other processes can make a 3-second training take minutes; one thread is slower 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -23,13 +24,24 @@ from threadpoolctl import threadpool_limits
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
+@contextlib.contextmanager
+def single_thread():
+    """torch and BLAS on one thread. Module and session fixtures are built before the per-test
+    `one_thread` applies, so a reference run compared bit for bit with a test's own runs uses this:
+    a matmul split over two threads can round differently in the last bit."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
-    with threadpool_limits(limits=1):
+    try:
+        with threadpool_limits(limits=1):
+            yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    with single_thread():
         yield
-    torch.set_num_threads(previous)
 
 
 def shared_file(relative: str) -> Path:
@@ -60,8 +72,7 @@ def tiny_run(tmp_path_factory) -> Path:
     from krmini.train.config import load_run_config
 
     out = tmp_path_factory.mktemp("tiny_run")
-    from krmini.data.prepare import PrepareConfig, prepare
-    from krmini.tokenizer.cli import sample_texts
+    from krmini.data.prepare import PrepareConfig, prepare, sample_texts
     from krmini.tokenizer.tokenizer import KoTokenizer
     from krmini.train.trainer import train
 

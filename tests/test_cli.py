@@ -75,3 +75,18 @@ def test_no_traceback_in_a_real_process(tmp_path):
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().endswith("train.bogus: unknown key")
+
+
+def test_python_m_krmini_train_is_krmini_train():
+    """What torchrun runs on each rank: train's own parser, the same one-line errors."""
+    from krmini.train.cli import main as train_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--help"])
+    assert exit_info.value.code == 0
+    proc = subprocess.run([sys.executable, "-m", "krmini.train", "--config", "tiny", "train.bogus=1"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    err = proc.stderr.strip()
+    assert "\n" not in err and err.startswith("krmini: error: ") and err.endswith("tiny.yaml: train.bogus: unknown key")

@@ -2,26 +2,25 @@
 
 Each module in `COMMAND_MODULES` has `register(subparsers)`, which adds its parser and sets
 `func` to a handler taking the parsed args and returning an exit code. Any `KrminiError` becomes
-one line on stderr and exit code 1.
+one line on stderr and exit code 1 (`krmini.errors.exit_code`).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 import warnings
 
 from krmini import __version__
-from krmini.errors import KrminiError
+from krmini.errors import exit_code
 
 COMMAND_MODULES = [
     "krmini.demo",
     "krmini.doctor",
     "krmini.data.cli",
     "krmini.data.download",
-    "krmini.tokenizer.cli",
-    "krmini.model.cli",
+    "krmini.data.tokenizer_cli",
+    "krmini.train.info_cli",
     "krmini.train.cli",
     "krmini.infer.cli",
     "krmini.lab.cli",
@@ -58,11 +57,4 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    try:
-        return int(args.func(args) or 0)
-    except KrminiError as exc:
-        print(f"krmini: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("krmini: interrupted", file=sys.stderr)
-        return 130
+    return exit_code(args.func, args)

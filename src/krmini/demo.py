@@ -11,13 +11,12 @@ import importlib.util
 import time
 from pathlib import Path
 
-from krmini.data.prepare import PrepareConfig, prepare
+from krmini.data.prepare import PrepareConfig, prepare, sample_texts
 from krmini.device import pick_device
 from krmini.errors import KrminiError
 from krmini.infer.generate import SamplingConfig, stream_text
 from krmini.infer.load import load_model
 from krmini.runs import CHECKPOINTS_DIR
-from krmini.tokenizer.cli import sample_texts
 from krmini.tokenizer.tokenizer import KoTokenizer
 from krmini.train.config import load_run_config
 from krmini.train.trainer import train

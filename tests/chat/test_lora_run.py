@@ -7,11 +7,11 @@ import shutil
 
 import pytest
 import torch
-from krmini.infer.fast.quantize import Int8Linear
 
 from krmini.cli import main
 from krmini.eval.ppl import perplexity
 from krmini.infer.engine import Engine
+from krmini.infer.fast.quantize import Int8Linear
 from krmini.infer.load import load_model
 from krmini.infer.sampling import SamplingConfig
 from krmini.model import LlamaModel
@@ -56,11 +56,11 @@ def test_load_model_merges_a_lora_run_to_the_same_logits(lora_run, unmerged, ids
 def test_generate_cli_on_a_lora_run(lora_run, capsys):
     greedy = SamplingConfig(max_new_tokens=6, temperature=0)
     loaded = load_model(lora_run, CPU)
-    expected = Engine(loaded.model, loaded.tokenizer).generate("안녕하세요", greedy)
-    assert main(["generate", str(lora_run), "--prompt", "안녕하세요", "--max-new-tokens", "6",
+    expected = Engine(loaded.model, loaded.tokenizer).generate("국회는", greedy)
+    assert main(["generate", str(lora_run), "--prompt", "국회는", "--max-new-tokens", "6",
                  "--temperature", "0", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert out == f"안녕하세요{expected}\n" and expected
+    assert out == f"국회는{expected}\n" and expected
 
 
 def test_eval_ppl_cli_on_a_lora_run(lora_run, unmerged, tmp_path, capsys):

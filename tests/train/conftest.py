@@ -10,9 +10,8 @@ import pytest
 @pytest.fixture(scope="session")
 def micro_data(tmp_path_factory) -> Path:
     """Shards of KoNLPy's bundled Korean corpus with a 512-token BPE (~4 s)."""
-    from krmini.data.prepare import PrepareConfig, prepare
+    from krmini.data.prepare import PrepareConfig, prepare, sample_texts
     from krmini.demo import konlpy_corpus
-    from krmini.tokenizer.cli import sample_texts
     from krmini.tokenizer.tokenizer import KoTokenizer
 
     out = tmp_path_factory.mktemp("micro_data")

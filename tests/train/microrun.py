@@ -14,9 +14,11 @@ MICRO_MODEL = ["model.vocab_size=1024", "model.hidden_size=32", "model.intermedi
 
 
 def micro_overrides(data: Path, out: Path, *extra: str) -> list[str]:
-    """A run that logs every step (so loss curves compare step by step) on the CPU."""
+    """A run that logs every step (so loss curves compare step by step) on the CPU, in fp32 (exact
+    comparisons; `auto` would pick bf16 on a CPU with native bf16 and fp32 elsewhere)."""
     return [*MICRO_MODEL, f"train.data_dir={data}", f"train.out_dir={out}", "train.seq_len=32",
             "train.batch_size=4", "train.log_interval=1", "train.eval_tokens=512", "train.device=cpu",
+            "train.precision=fp32",
             "train.tensorboard=false", "train.peak_tflops=1", *extra]
 
 

@@ -17,6 +17,7 @@ from krmini.train import checkpoint as ckpt
 from krmini.train.config import load_run_config
 from krmini.train.evaluation import evaluate
 from krmini.train.trainer import train
+from tests.conftest import single_thread
 from tests.train.microrun import eval_losses, micro_overrides, run_krmini, subprocess_env, train_losses
 
 # Warmup past the end: the schedule depends on the step only, so the 2-process runs can stop at 20
@@ -33,7 +34,8 @@ def _args(data: Path, out: Path, steps: int, *extra: str) -> list[str]:
 @pytest.fixture(scope="module")
 def single(micro_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("single") / "run"
-    train(load_run_config("tiny", _args(micro_data, out, 25)), progress=False)
+    with single_thread():  # as each rank runs
+        train(load_run_config("tiny", _args(micro_data, out, 25)), progress=False)
     return out
 
 

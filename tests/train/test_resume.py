@@ -10,13 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from threadpoolctl import threadpool_limits
 
 from krmini import runs
 from krmini.errors import KrminiError
 from krmini.train.config import load_run_config
 from krmini.train.trainer import train
+from tests.conftest import single_thread
 from tests.train.microrun import krmini_cmd, micro_overrides, subprocess_env, train_losses
 
 # Warmup longer than any run here: the learning rate then depends only on the step, not on
@@ -36,13 +35,8 @@ def reference(micro_data, tmp_path_factory) -> Path:
     built before the per-test `one_thread` fixture applies, and a matmul split over two threads can
     round differently in the last bit."""
     out = tmp_path_factory.mktemp("reference") / "run"
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1):
-            train(_cfg(micro_data, out, REFERENCE_STEPS), progress=False)
-    finally:
-        torch.set_num_threads(previous)
+    with single_thread():
+        train(_cfg(micro_data, out, REFERENCE_STEPS), progress=False)
     return out
 
 

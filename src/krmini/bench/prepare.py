@@ -19,9 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from krmini.data.prepare import PrepareConfig, prepare
+from krmini.data.prepare import PrepareConfig, prepare, sample_texts
 from krmini.data.readers import corpus_files
-from krmini.tokenizer.cli import sample_texts
 from krmini.tokenizer.tokenizer import KoTokenizer
 
 DEFAULT_INPUT = "../shared/data/pretrain"

@@ -12,8 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from krmini.data.prepare import sample_texts
 from krmini.errors import KrminiError
-from krmini.tokenizer.cli import sample_texts
 from krmini.tokenizer.tokenizer import KoTokenizer
 
 DEFAULT_TRAIN = "../shared/data/pretrain"

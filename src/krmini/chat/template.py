@@ -6,7 +6,8 @@ Role tokens are reserved special tokens, so a message's text never merges with i
 message is its role token, its content, then `<|end|>`; a reply is generated after a bare
 `<|assistant|>` and stops at `<|end|>`. Training learns only the assistant's content and its
 `<|end|>` (the mask). No newlines or spaces are added around role tokens: the same string, given to
-`transformers`' `apply_chat_template` through `CHAT_TEMPLATE`, tokenizes to exactly these ids.
+`transformers`' `apply_chat_template` through `CHAT_TEMPLATE` (defined with the tokenizer, which saves
+it), tokenizes to exactly these ids.
 """
 
 from __future__ import annotations
@@ -15,21 +16,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from krmini.errors import KrminiError
+from krmini.tokenizer.tokenizer import CHAT_TEMPLATE  # noqa: F401  (re-exported: the Jinja form of `render`)
 
 if TYPE_CHECKING:
     from krmini.tokenizer import KoTokenizer
 
 ROLES = ("system", "user", "assistant")
 END = "<|end|>"
-
-# Jinja for tokenizer_config.json; must render the same string `render` tokenizes piece by piece.
-CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
-)
 
 
 def role_token(role: str) -> str:

@@ -129,6 +129,18 @@ def clean_documents(inputs: list, config: PrepareConfig, counts: Counter) -> Ite
         counts.update({f"unreadable_{kind}": n for kind, n in problems.counts.items()})
 
 
+def sample_texts(inputs: list, text_field: str, max_bytes: int, counts: Counter | None = None,
+                 strict: bool = False) -> Iterator[str]:
+    """Cleaned, deduplicated documents from the start of the corpus, up to `max_bytes` of text."""
+    seen = 0
+    config = PrepareConfig(text_field=text_field, strict=strict)
+    for text, _ in clean_documents(inputs, config, counts if counts is not None else Counter()):
+        yield text
+        seen += len(text.encode("utf-8"))
+        if seen >= max_bytes:
+            return
+
+
 class Accounting:
     """Per source: documents and bytes read, removed by each filter, kept, and written (with repeats)."""
 

@@ -17,11 +17,19 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-from krmini.chat.template import CHAT_TEMPLATE
 from krmini.errors import KrminiError
 
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
 CHAT_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+# Jinja for tokenizer_config.json, so `transformers`' `apply_chat_template` works on a saved tokenizer. It
+# must render the same string `krmini.chat.template.render` tokenizes piece by piece (a test checks).
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
 RESERVED = [f"<|reserved_{i}|>" for i in range(8)]
 SPECIAL_TOKENS = [PAD, BOS, EOS, *CHAT_TOKENS, *RESERVED]
 BYTE_TOKENS = [f"<0x{b:02X}>" for b in range(256)]

@@ -3,8 +3,6 @@
     torchrun --nproc_per_node=2 -m krmini.train --config small --data runs/ko/data
 """
 
-import sys
+from krmini.train.cli import main
 
-from krmini.cli import main
-
-sys.exit(main(["train", *sys.argv[1:]]))
+raise SystemExit(main())

@@ -2,22 +2,36 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 
+from krmini.errors import exit_code
 from krmini.train.config import load_run_config
 from krmini.train.distributed import launch
 from krmini.train.trainer import train
 
+DESCRIPTION = (
+    "Pretrain the Llama-style model. The config is a YAML file (or a preset name: tiny, small, "
+    "medium, large) with `model:` and `train:` sections; key=value arguments override it, e.g. "
+    "train.lr=1e-3 train.data_dir=runs/x/data. With --nproc N (or under torchrun) it trains "
+    "data-parallel: train.strategy=ddp replicates the model, fsdp shards it."
+)
+
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "train", help="사전학습 / pretrain a model from a run config",
-        description="Pretrain the Llama-style model. The config is a YAML file (or a preset name: tiny, small, "
-        "medium, large) with `model:` and `train:` sections; key=value arguments override it, e.g. "
-        "train.lr=1e-3 train.data_dir=runs/x/data. With --nproc N (or under torchrun) it trains "
-        "data-parallel: train.strategy=ddp replicates the model, fsdp shards it.",
-    )
+    p = subparsers.add_parser("train", help="사전학습 / pretrain a model from a run config", description=DESCRIPTION)
+    add_arguments(p)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m krmini.train …`: the arguments of `krmini train …`, without the rest of the CLI."""
+    parser = argparse.ArgumentParser(prog="python -m krmini.train", description=DESCRIPTION)
+    add_arguments(parser)
+    return exit_code(run, parser.parse_args(argv))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="run config YAML or preset name")
     p.add_argument("overrides", nargs="*", help="key=value overrides (section.key=value)")
     p.add_argument("--data", help="shorthand for train.data_dir=…")

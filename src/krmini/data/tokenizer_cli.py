@@ -1,26 +1,17 @@
-"""`krmini tokenizer train`."""
+"""`krmini tokenizer train`: read and clean a corpus (this package's job), then train the tokenizer on it.
+
+The command lives in `data`, not in `tokenizer`, because imports run one way: data may use the
+tokenizer, the tokenizer never uses data.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 
-from krmini.data.prepare import PrepareConfig, clean_documents
+from krmini.data.prepare import sample_texts
 from krmini.tokenizer.tokenizer import KoTokenizer
-
-
-def sample_texts(inputs: list, text_field: str, max_bytes: int, counts: Counter | None = None,
-                 strict: bool = False) -> Iterator[str]:
-    """Cleaned, deduplicated documents from the start of the corpus, up to `max_bytes` of text."""
-    seen = 0
-    config = PrepareConfig(text_field=text_field, strict=strict)
-    for text, _ in clean_documents(inputs, config, counts if counts is not None else Counter()):
-        yield text
-        seen += len(text.encode("utf-8"))
-        if seen >= max_bytes:
-            return
 
 
 def register(subparsers) -> None:

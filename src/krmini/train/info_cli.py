@@ -1,4 +1,9 @@
-"""`krmini model-info`."""
+"""`krmini model-info`: parameter counts and training memory of a run config.
+
+The numbers come from `krmini.model.info`, which needs only a ModelConfig; the command reads a
+whole run config (the `train:` section gives the batch, sequence length and precision, and is
+checked as strictly as by `krmini train`), so it lives in `train`, the layer that defines run configs.
+"""
 
 from __future__ import annotations
 
