@@ -52,6 +52,7 @@ def test_compiled_decoding_gives_the_eager_tokens(compiled):
     want, _ = _run(model, [PROMPTS[1]])
     got, batch = _run(model, [PROMPTS[1]], decoder)
     assert got == want and len(got[0]) == 12
+    assert decoder._step is not decoder._eager  # it really ran compiled (a failed compile falls back)
     # the cache is the bucketed size (here the whole 48-token context) and holds prompt + new tokens
     assert batch.cache.max_len == 48 and batch.cache.length == 7 + 11
     assert torch._inductor.config.freezing is False  # frozen weights only inside the decoder's own graph
@@ -59,7 +60,9 @@ def test_compiled_decoding_gives_the_eager_tokens(compiled):
 
 def test_autotuned_step_gives_the_eager_tokens(small_model):
     model = fuse_for_decoding(copy.deepcopy(small_model))
-    assert _run(model, [PROMPTS[0]], CompiledDecoder(model), new_tokens=3)[0] == _run(model, [PROMPTS[0]], new_tokens=3)[0]
+    decoder = CompiledDecoder(model)
+    assert _run(model, [PROMPTS[0]], decoder, new_tokens=3)[0] == _run(model, [PROMPTS[0]], new_tokens=3)[0]
+    assert decoder._step is not decoder._eager
 
 
 def test_compiled_decoding_of_a_padded_batch_matches_rows_run_alone(compiled, small_model):
@@ -91,7 +94,7 @@ def test_compiled_decoding_calls_our_kernels_and_gives_the_eager_tokens(small_mo
     _run(model, [PROMPTS[1]], decoder, new_tokens=2)  # compile outside the profile
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         got, _ = _run(model, [PROMPTS[1]], decoder)
-    assert got == want
+    assert got == want and decoder._step is not decoder._eager
     calls = sum(e.count for e in prof.key_averages() if e.key == f"krmini::gemv_{kind}")
     matmuls = {"bf16": 4, "int8": 7}[kind] * small_model.config.num_hidden_layers + 1  # int8 layers are not fused
     assert calls >= 11 * matmuls  # every matmul of the 11 compiled steps

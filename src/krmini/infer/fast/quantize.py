@@ -62,10 +62,11 @@ class Int8Linear(nn.Module):
         super().__init__()
         self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.ones(out_features, dtype=dtype))
+        self.int8pack = int8pack_available()  # decided once (a plain attribute inside a compiled step)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale = self.weight_scale.to(x.dtype)
-        if x.device.type == "cpu" and int8pack_available():
+        if x.device.type == "cpu" and self.int8pack:
             flat = x.reshape(-1, x.size(-1))
             matmul = gemv_int8 if self.own_kernel and flat.shape[0] <= INT8_MAX_ROWS else torch._weight_int8pack_mm
             return matmul(flat, self.weight, scale).view(*x.shape[:-1], -1)
