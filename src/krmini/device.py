@@ -4,12 +4,12 @@ bf16 on a CPU is a speed choice that only pays where the CPU multiplies bf16 in 
 on this project's 2-core x86-64 machines (`docs/training.md`, `docs/inference.md`):
 
 * with AVX512-BF16, bf16 trained the 135M model at 3.3× fp32's tokens/s and decoded it 2× faster;
-* on an AVX2-only CPU PyTorch runs bf16 matmuls emulated: training steps were ~20× slower than
-  fp32, prompts 2.5–3× slower, and batch-1 decoding about as fast as fp32.
+* on an AVX2-only CPU PyTorch runs bf16 matmuls emulated: training steps were ~35× slower than
+  fp32, prompts ~4.5× slower, and batch-1 decoding 0.9× fp32's speed (8.6M model, 2 threads).
 
 So `train.precision=bf16` on a CPU without native bf16 trains in fp32 (one line says so), `auto`
 picks bf16 only where it is native, and `--dtype bf16` for generation still runs (half the memory,
-decoding at fp32's speed) with one line naming the cost for prompts.
+decoding at 0.9× fp32's speed) with one line naming the cost.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def cpu_bf16_is_fast() -> bool:
                           (("avx512bw", "avx512vl", "avx512dq"), ("avx_ne_convert",))).ok
 
 
-NO_NATIVE_BF16 = "this CPU has no native bf16 (emulated bf16 trained ~20x slower than fp32)"
+NO_NATIVE_BF16 = "this CPU has no native bf16 (emulated bf16 trained ~35x slower than fp32)"
 
 
 def pick_precision(name: str, device: torch.device) -> str:
@@ -98,7 +98,7 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
         raise KrminiError(f"--dtype: expected fp32, bf16 or auto, got {name!r}")
     if name == "bf16" and device.type == "cpu" and not hardware.cpu().native_bf16:
         hardware.say_once("bf16-emulated", "--dtype bf16: this CPU has no native bf16, so bf16 runs emulated "
-                          "(half the memory; decoding about as fast as fp32, prompts 2.5-3x slower); "
+                          "(half the memory; decoding 0.9x and prompts ~4.5x slower than fp32); "
                           "--dtype fp32 is faster here")
     return DTYPES[name]
 
