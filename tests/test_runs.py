@@ -103,7 +103,7 @@ def test_checksum_detects_a_flipped_byte_and_names_the_last_good(tmp_path):
     assert [str(w.message).split(":")[0] for w in caught] == ["skipping damaged checkpoint",
                                                               f"resuming from the last good checkpoint {good}"]
     (bad / STATE_FILE).write_text("{not json", encoding="utf-8")
-    with pytest.raises(KrminiError, match=f"{bad / STATE_FILE}: corrupt \\(not valid JSON\\)"):
+    with pytest.raises(KrminiError, match=f"{bad / STATE_FILE}: corrupt \\(not valid JSON: Expecting property name"):
         read_state(bad)
 
 

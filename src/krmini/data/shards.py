@@ -9,7 +9,6 @@ a temporary name and renamed when complete, so a crash never leaves a shard that
 
 from __future__ import annotations
 
-import json
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from krmini.errors import KrminiError
-from krmini.runs import staged_file, write_json_atomic
+from krmini.runs import read_json, staged_file, write_json_atomic
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -79,12 +78,7 @@ def write_manifest(out_dir: Path, manifest: dict, name: str = MANIFEST) -> None:
 
 def read_manifest(data_dir: str | Path) -> dict:
     path = Path(data_dir) / MANIFEST
-    if not path.is_file():
-        raise KrminiError(f"{path}: no manifest; run `krmini prepare` to create the data directory")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise KrminiError(f"{path}: corrupt manifest ({exc})") from None
+    manifest = read_json(path, "no manifest; run `krmini prepare` to create the data directory")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise KrminiError(f"{path}: format_version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}")
     return manifest

@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from krmini.errors import KrminiError
 from krmini.infer.load import LoadedModel
 from krmini.model import LlamaModel, ModelConfig
-from krmini.runs import CHECKPOINTS_DIR, TOKENIZER_DIR, staged_dir
+from krmini.runs import CHECKPOINTS_DIR, TOKENIZER_DIR, read_json, staged_dir
 from krmini.tokenizer import KoTokenizer
 from krmini.train import checkpoint as ckpt
 from krmini.train.config import TrainConfig
@@ -129,12 +129,7 @@ def _read_weights(src: Path) -> dict[str, torch.Tensor]:
 def load_hf(src: Path) -> tuple[LlamaModel, KoTokenizer]:
     """Our model (fp32) and tokenizer from a Hugging Face Llama directory."""
     config_path = src / "config.json"
-    if not config_path.is_file():
-        raise KrminiError(f"{config_path}: not found; expected a Hugging Face model directory")
-    try:
-        raw = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise KrminiError(f"{config_path}: not valid JSON") from None
+    raw = read_json(config_path, "not found; expected a Hugging Face model directory")
     config = from_hf_config(raw, str(config_path))
     try:
         tokenizer = KoTokenizer.load(src)

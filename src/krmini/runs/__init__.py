@@ -36,6 +36,7 @@ from krmini.runs.state import (
     corrupt_file,
     is_intact,
     last_good_checkpoint,
+    read_json,
     read_state,
     sha256_file,
     write_state,
@@ -44,7 +45,7 @@ from krmini.runs.state import (
 __all__ = [
     "ADAPTER_CONFIG", "ADAPTER_DIR", "ADAPTER_FILE", "CHECKPOINTS_DIR", "CONFIG_FILE", "LATEST", "MODEL_FILE",
     "OPTIM_FILE", "STATE_FILE", "TOKENIZER_DIR", "check_target", "complete_checkpoints", "corrupt_file",
-    "fsync_dir", "is_intact", "last_good_checkpoint", "lora_section", "read_state", "resolve_checkpoint",
+    "fsync_dir", "is_intact", "last_good_checkpoint", "lora_section", "read_json", "read_state", "resolve_checkpoint",
     "sha256_file", "staged_dir", "staged_file", "step_name", "temp_path", "write_bytes_atomic",
     "write_json_atomic", "write_state", "write_text_atomic",
 ]

@@ -27,6 +27,20 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def read_json(path: Path, missing: str) -> dict[str, Any]:
+    """A JSON object from `path`; one line naming the file when it is absent (`missing` says what
+    was expected), not JSON, or not an object."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise KrminiError(f"{path}: {missing}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise KrminiError(f"{path}: corrupt (not valid JSON: {exc})") from None
+    if not isinstance(data, dict):
+        raise KrminiError(f"{path}: corrupt (expected a JSON object)")
+    return data
+
+
 def write_state(ckpt: Path, state: dict[str, Any], files: tuple[str, ...] | list[str]) -> dict[str, Any]:
     """Write `ckpt/state.json`: `state` plus the sha256 of each of `files` (already written in `ckpt`)."""
     state = {**state, "checksums": {f: sha256_file(ckpt / f) for f in files}}
@@ -53,15 +67,7 @@ def is_intact(ckpt: Path) -> bool:
 def read_state(ckpt: Path, verify: bool = True) -> dict[str, Any]:
     """Load state.json and (with `verify`) check every file against its recorded sha256."""
     ckpt = Path(ckpt)
-    state_path = ckpt / STATE_FILE
-    try:
-        state = json.loads(state_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise KrminiError(f"{state_path}: missing; the checkpoint is incomplete") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise KrminiError(f"{state_path}: corrupt (not valid JSON)") from None
-    if not isinstance(state, dict):
-        raise KrminiError(f"{state_path}: corrupt (expected a JSON object)")
+    state = read_json(ckpt / STATE_FILE, "missing; the checkpoint is incomplete")
     if verify:
         bad = corrupt_file(ckpt, state)
         if bad:

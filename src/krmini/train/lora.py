@@ -10,7 +10,6 @@ Parameter names keep the base names (`…q_proj.weight`) and add `…q_proj.lora
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from torch import nn
 
 from krmini.config import from_dict
 from krmini.errors import KrminiError
-from krmini.runs import ADAPTER_CONFIG, ADAPTER_FILE, lora_section, staged_dir, write_json_atomic
+from krmini.runs import ADAPTER_CONFIG, ADAPTER_FILE, lora_section, read_json, staged_dir, write_json_atomic
 
 TARGETS = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj",
            "gate": "gate_proj", "up": "up_proj", "down": "down_proj"}
@@ -150,12 +149,7 @@ def save_adapter(tensors: dict[str, torch.Tensor], cfg: LoraConfig, out_dir: str
 
 def read_adapter_config(adapter_dir: str | Path) -> LoraConfig:
     path = Path(adapter_dir) / ADAPTER_CONFIG
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise KrminiError(f"{path}: not found; expected an adapter directory made by `krmini sft --lora`") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise KrminiError(f"{path}: corrupt (not valid JSON)") from None
+    data = read_json(path, "not found; expected an adapter directory made by `krmini sft --lora`")
     data.pop("base", None)
     return from_dict(LoraConfig, data, str(path))
 
