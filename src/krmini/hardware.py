@@ -68,6 +68,8 @@ def _linux_cpu(arch: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, s
         if sep and key.strip() not in fields:
             fields[key.strip()] = value.strip()
     model = fields.get("model name") or fields.get("Model") or fields.get("CPU part") or arch
+    if "cpu family" in fields and "model" in fields:  # a VM often hides the name ("Intel(R) Xeon(R) Processor")
+        model += f" (family {fields['cpu family']} model {fields['model']} stepping {fields.get('stepping', '?')})"
     flags = set((fields.get("flags") or fields.get("Features") or "").split())
     if "asimd" in flags:  # Linux on Arm calls NEON "asimd"
         flags.add("neon")

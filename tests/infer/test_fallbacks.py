@@ -93,7 +93,10 @@ def test_cpuinfo_is_read_for_x86_and_arm(tmp_path):
                     "processor\t: 1\nmodel name\t: AMD EPYC 7B12\nflags\t\t: fpu sse4_2 avx avx2 fma\n")
     model, flags = hardware._linux_cpu("x86_64", info)
     cpu = hardware.CPU(model, "x86_64", frozenset(flags))
-    assert model == "AMD EPYC 7B12" and cpu.has("avx2", "fma") and not cpu.has("avx512f") and not cpu.native_bf16
+    assert model == "AMD EPYC 7B12" and cpu.has("avx2", "fma")
+    info.write_text("processor\t: 0\ncpu family\t: 6\nmodel\t\t: 207\nmodel name\t: Intel(R) Xeon(R) Processor\n"
+                    "stepping\t: 2\nflags\t\t: avx2 avx512f avx512bw avx512vl avx512dq amx_bf16\n")
+    assert hardware._linux_cpu("x86_64", info)[0] == "Intel(R) Xeon(R) Processor (family 6 model 207 stepping 2)" and not cpu.has("avx512f") and not cpu.native_bf16
     info.write_text("processor\t: 0\nFeatures\t: fp asimd evtstrm aes bf16 i8mm\nCPU part\t: 0xd4f\n")
     model, flags = hardware._linux_cpu("aarch64", info)
     arm = hardware.CPU(model, "aarch64", frozenset(flags))
