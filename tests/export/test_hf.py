@@ -91,3 +91,20 @@ def test_import_refuses_pickled_weights(hf_dir, tmp_path, capsys):
     (src / "model.safetensors").rename(src / "pytorch_model.bin")
     assert main(["import", "hf", str(src), str(tmp_path / "run")]) == 1
     assert "only safetensors" in capsys.readouterr().err
+
+
+def test_outputs_never_replace_their_inputs(tiny_run, tmp_path, capsys):
+    """`export hf RUN RUN --force` once deleted the training run; exporting into its parent did the same."""
+    before = sorted(p.relative_to(tiny_run) for p in tiny_run.rglob("*"))
+    for argv in (["export", "hf", str(tiny_run), str(tiny_run), "--force"],
+                 ["export", "hf", str(tiny_run), str(tiny_run.parent), "--force"],
+                 ["export", "hf", str(tiny_run), str(tiny_run / "hf"), "--force"],
+                 ["export", "gguf", str(tiny_run), str(tiny_run / "m.gguf"), "--force"],
+                 ["quantize", str(tiny_run), "--int8", "--out", str(tiny_run), "--no-eval"],
+                 ["lora", "merge", str(tiny_run), str(tiny_run.parent), "--force"]):
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "Traceback" not in err, err
+        if argv[0] != "lora":  # (a plain run is refused first: nothing to merge)
+            assert "inside" in err or "contains the source" in err, err
+    assert sorted(p.relative_to(tiny_run) for p in tiny_run.rglob("*")) == before

@@ -37,6 +37,7 @@ from krmini.runs import (
     lora_section,
     read_state,
     resolve_checkpoint,
+    run_dir,
     staged_dir,
     step_name,
     write_state,
@@ -57,13 +58,6 @@ def register(subparsers) -> None:
     m.set_defaults(func=run_merge)
 
 
-def _refuse_overlap(out: Path, protected: list[Path]) -> None:
-    target = out.resolve()
-    for path in (p.resolve() for p in protected):
-        if target == path or target in path.parents or path in target.parents:
-            raise KrminiError(f"{out}: overlaps the LoRA run {path}; choose an OUT outside it (RUN is never changed)")
-
-
 def merge_run(run: str | Path, out: str | Path, force: bool = False) -> Path:
     """Write the merged run to `out` and return the checkpoint directory inside it."""
     out = Path(out)
@@ -71,14 +65,13 @@ def merge_run(run: str | Path, out: str | Path, force: bool = False) -> Path:
     state = read_state(source)
     if lora_section(state) is None:
         raise KrminiError(f"{source / STATE_FILE}: not a LoRA run (run_config.lora is not set); nothing to merge")
-    run_dir = source.parent.parent if source.parent.name == CHECKPOINTS_DIR else source
-    _refuse_overlap(out, [Path(run), source, run_dir])
-    check_target(out, force)  # before the (slow) load, so a refusal is immediate
+    inputs = [Path(run), run_dir(source)]
+    check_target(out, force, inputs)  # before the (slow) load, so a refusal is immediate
     model = load_model(source, torch.device("cpu")).model
     run_config = {**state["run_config"], "lora": None}
     run_config["train"] = {**run_config.get("train", {}), "out_dir": str(out)}
     name = step_name(int(state.get("step", 0)))
-    with staged_dir(out, force) as tmp:
+    with staged_dir(out, force, inputs) as tmp:
         ckpt = tmp / CHECKPOINTS_DIR / name
         ckpt.mkdir(parents=True)
         save_file(model_tensors(model), ckpt / MODEL_FILE, metadata={"format": "pt"})

@@ -31,7 +31,7 @@ import torch
 from krmini.errors import KrminiError
 from krmini.infer.load import LoadedModel
 from krmini.model import LlamaModel
-from krmini.runs import staged_file
+from krmini.runs import run_dir, staged_file
 from krmini.tokenizer import KoTokenizer
 from krmini.tokenizer.tokenizer import BYTE_TOKENS, SPECIAL_TOKENS
 
@@ -128,11 +128,11 @@ def _encode(gguf, tensor: torch.Tensor, kind: str) -> tuple[np.ndarray, object]:
 
 def export_gguf(loaded: LoadedModel, out: Path, kind: str = "f16", force: bool = False, name: str = "krmini") -> Path:
     return write_gguf(loaded.model, spm_vocab(loaded.tokenizer, loaded.model.config.vocab_size), out, kind, force,
-                      name)
+                      name, inputs=[run_dir(loaded.path)])
 
 
 def write_gguf(model: LlamaModel, vocab: GGUFVocab, out: Path, kind: str = "f16", force: bool = False,
-               name: str = "krmini") -> Path:
+               name: str = "krmini", inputs: tuple[Path, ...] | list[Path] = ()) -> Path:
     if kind not in GGUF_TYPES:
         raise KrminiError(f"--type: expected one of {', '.join(GGUF_TYPES)}, got {kind!r}")
     gguf = _gguf()
@@ -141,7 +141,7 @@ def write_gguf(model: LlamaModel, vocab: GGUFVocab, out: Path, kind: str = "f16"
                  "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[kind]
     if out.is_dir():
         raise KrminiError(f"{out}: is a directory; expected a file name such as model.gguf")
-    with staged_file(out, force) as tmp:
+    with staged_file(out, force, inputs) as tmp:
         writer = gguf.GGUFWriter(str(tmp), "llama")
         writer.add_name(name)
         writer.add_context_length(c.max_position_embeddings)

@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from krmini.errors import KrminiError
 from krmini.infer.load import LoadedModel
 from krmini.model import LlamaModel, ModelConfig
-from krmini.runs import CHECKPOINTS_DIR, TOKENIZER_DIR, read_json, staged_dir
+from krmini.runs import CHECKPOINTS_DIR, TOKENIZER_DIR, check_target, read_json, run_dir, staged_dir
 from krmini.tokenizer import KoTokenizer
 from krmini.train import checkpoint as ckpt
 from krmini.train.config import TrainConfig
@@ -71,7 +71,7 @@ def export_hf(loaded: LoadedModel, out: Path, force: bool = False) -> Path:
     tok = loaded.tokenizer
     model = loaded.model.float()
     context = model.config.max_position_embeddings
-    with staged_dir(out, force) as tmp:
+    with staged_dir(out, force, inputs=[run_dir(loaded.path)]) as tmp:
         hf = to_hf_model(model, tok.bos_id, tok.eos_id, tok.pad_id)
         hf.generation_config = tf.GenerationConfig(
             bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id,
@@ -155,8 +155,9 @@ def load_hf(src: Path) -> tuple[LlamaModel, KoTokenizer]:
 
 def import_hf(src: Path, out_run: Path, force: bool = False) -> Path:
     """Write a Hugging Face Llama directory as one of our runs (tokenizer/ + checkpoints/step_00000000)."""
+    check_target(out_run, force, inputs=[src])  # before the (slow) load
     model, tokenizer = load_hf(src)
-    with staged_dir(out_run, force) as tmp:
+    with staged_dir(out_run, force, inputs=[src]) as tmp:
         tokenizer.save(tmp / TOKENIZER_DIR, model.config.max_position_embeddings)
         # A fresh optimizer keeps the checkpoint layout standard, so the run can be fine-tuned later.
         state = {"model_config": asdict(model.config), "imported_from": str(src)}

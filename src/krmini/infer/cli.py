@@ -106,8 +106,8 @@ def val_perplexity(model, state: dict, device: torch.device) -> dict | None:
 def run_quantize(args) -> int:
     source = resolve_checkpoint(args.model)
     out = Path(args.out) if args.out else Path(args.model) / "int8"
-    if out.resolve() == source.resolve():
-        raise KrminiError(f"--out: {out} is the source checkpoint; choose another directory")
+    if source.resolve().is_relative_to(out.resolve()):  # replacing `out` would delete the source
+        raise KrminiError(f"--out: {out} is or contains the source checkpoint {source}; choose another directory")
     device = torch.device("cpu")
     loaded = load_model(source, device)
     state = read_state(source, verify=False)

@@ -20,11 +20,13 @@ from krmini.runs.layout import (
     complete_checkpoints,
     lora_section,
     resolve_checkpoint,
+    run_dir,
     step_name,
 )
 from krmini.runs.staged import (
     check_target,
     fsync_dir,
+    refuse_overlap,
     staged_dir,
     staged_file,
     temp_path,
@@ -45,7 +47,7 @@ from krmini.runs.state import (
 __all__ = [
     "ADAPTER_CONFIG", "ADAPTER_DIR", "ADAPTER_FILE", "CHECKPOINTS_DIR", "CONFIG_FILE", "LATEST", "MODEL_FILE",
     "OPTIM_FILE", "STATE_FILE", "TOKENIZER_DIR", "check_target", "complete_checkpoints", "corrupt_file",
-    "fsync_dir", "is_intact", "last_good_checkpoint", "lora_section", "read_json", "read_state", "resolve_checkpoint",
+    "fsync_dir", "is_intact", "last_good_checkpoint", "lora_section", "read_json", "read_state", "refuse_overlap", "resolve_checkpoint", "run_dir",
     "sha256_file", "staged_dir", "staged_file", "step_name", "temp_path", "write_bytes_atomic",
     "write_json_atomic", "write_state", "write_text_atomic",
 ]

@@ -62,6 +62,11 @@ def resolve_checkpoint(path: str | Path) -> Path:
     raise KrminiError(f"{path}: no checkpoint found (expected a run directory or a checkpoint directory)")
 
 
+def run_dir(ckpt: Path) -> Path:
+    """The run a checkpoint belongs to (RUN for RUN/checkpoints/step_N), or the checkpoint itself."""
+    return ckpt.parent.parent if ckpt.parent.name == CHECKPOINTS_DIR else ckpt
+
+
 def lora_section(state: dict[str, Any]) -> dict[str, Any] | None:
     """The run_config.lora of a LoRA run (its weights hold unmerged adapters), else None."""
     return (state.get("run_config") or {}).get("lora")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -33,8 +33,21 @@ def temp_path(path: Path) -> Path:
     return path.with_name(path.name + TMP_SUFFIX)
 
 
-def check_target(path: Path, force: bool) -> None:
-    """Refuse a non-empty directory or an existing file unless `force` (one line, naming the path)."""
+def refuse_overlap(out: Path, inputs: Iterable[str | Path]) -> None:
+    """Refuse an output that is, contains or lies inside one of its inputs: replacing it (`--force`)
+    would delete what it is made from (`krmini export hf RUN RUN --force` once deleted the run)."""
+    target = Path(out).resolve()
+    for given in inputs:
+        source = Path(given).resolve()
+        if target == source or source.is_relative_to(target) or target.is_relative_to(source):
+            raise KrminiError(f"{out}: is, contains or lies inside the input {given}; choose an output outside it "
+                              "(inputs are never replaced, with or without --force)")
+
+
+def check_target(path: Path, force: bool, inputs: Iterable[str | Path] = ()) -> None:
+    """Refuse an output that overlaps an input (always), or a non-empty directory or an existing file
+    unless `force` (one line, naming the path)."""
+    refuse_overlap(path, inputs)
     if force:
         return
     if path.is_dir() and any(path.iterdir()):
@@ -77,13 +90,14 @@ def _remove(path: Path) -> None:
 
 
 @contextmanager
-def staged_dir(path: str | Path, force: bool = False) -> Iterator[Path]:
+def staged_dir(path: str | Path, force: bool = False, inputs: Iterable[str | Path] = ()) -> Iterator[Path]:
     """Yield an empty temporary directory; when the body returns it replaces `path`.
 
-    Without `force`, an existing non-empty `path` is refused before anything is written.
+    Without `force`, an existing non-empty `path` is refused before anything is written; a `path`
+    that overlaps one of `inputs` is refused always.
     """
     path = Path(path)
-    check_target(path, force)
+    check_target(path, force, inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     _remove(tmp)
@@ -100,10 +114,11 @@ def staged_dir(path: str | Path, force: bool = False) -> Iterator[Path]:
 
 
 @contextmanager
-def staged_file(path: str | Path, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary file path to write (and close); when the body returns it replaces `path`."""
+def staged_file(path: str | Path, force: bool = False, inputs: Iterable[str | Path] = ()) -> Iterator[Path]:
+    """Yield a temporary file path to write (and close); when the body returns it replaces `path`
+    (checked against `inputs` as in `staged_dir`)."""
     path = Path(path)
-    check_target(path, force)
+    check_target(path, force, inputs)
     if path.is_dir():
         raise KrminiError(f"{path}: is a directory; expected a file name")
     path.parent.mkdir(parents=True, exist_ok=True)
