@@ -152,10 +152,10 @@ def test_lora_merge_refuses_to_overwrite_or_touch_the_run(lora_run, tmp_path, ca
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     for inside in (lora_run, lora_run / "merged", lora_run.parent):
         assert main(["lora", "merge", str(lora_run), str(inside), "--force"]) == 1
-        assert "overlaps the LoRA run" in capsys.readouterr().err
+        assert "lies inside the input" in capsys.readouterr().err
     # given one checkpoint, the run around it is protected too
     assert main(["lora", "merge", str(resolve_checkpoint(lora_run)), str(lora_run / "merged"), "--force"]) == 1
-    assert "overlaps the LoRA run" in capsys.readouterr().err
+    assert "lies inside the input" in capsys.readouterr().err
     assert not (lora_run / "merged").exists() and resolve_checkpoint(lora_run).is_dir()
     assert main(["lora", "merge", str(lora_run), str(out), "--force"]) == 0
     assert not (out / "keep.txt").exists() and resolve_checkpoint(out).is_dir()
