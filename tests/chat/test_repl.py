@@ -114,3 +114,15 @@ def test_stop_strings_end_a_reply(engine):
     session = ChatSession(engine, replace(greedy(), stop=(stop,)))
     cut = "".join(session.reply("안녕하세요"))
     assert cut == full[: full.index(stop)] and session.history[-1]["content"] == cut
+
+
+def test_a_bad_temperature_is_one_line_and_the_conversation_survives(engine, capsys):
+    session = ChatSession(engine, greedy())
+    list(session.reply("안녕하세요"))
+    for bad in ("nan", "inf", "abc"):
+        assert session.command(f"/temp {bad}")
+        line = capsys.readouterr().out
+        assert line.count("\n") == 1 and "/temp 0.7" in line
+        assert session.sampling.temperature == 0.0
+    assert "temperature: expected a finite number" in (session.command("/temp nan") and capsys.readouterr().out)
+    assert "".join(session.reply("고마워")) and len(session.history) == 4

@@ -126,6 +126,8 @@ def test_models_health_and_api_key(client, chat_server):
     ({"messages": HELLO, "model": "gpt-4"}, 404, "model"),
     (b"{not json", 400, None),
     ({"prompt": ""}, 400, "prompt"),
+    ({"messages": HELLO, "seed": 2**64}, 400, "seed"),  # raised inside the shared batch once (HTTP 500 for all)
+    ({"messages": HELLO, "seed": -1}, 400, "seed"),
 ])
 def test_invalid_requests_get_openai_errors(chat_server, body, status, param):
     path = "/v1/completions" if isinstance(body, dict) and "prompt" in body else "/v1/chat/completions"
@@ -134,6 +136,13 @@ def test_invalid_requests_get_openai_errors(chat_server, body, status, param):
     assert set(payload["error"]) >= {"message", "type"} and payload["error"]["message"]
     if param:
         assert payload["error"]["param"] == param
+
+
+def test_a_top_p_below_fp32s_smallest_number_keeps_the_most_likely_token(chat_server, chat_local):
+    got, payload = raw(chat_server, "/v1/chat/completions",
+                       {"messages": HELLO, "top_p": 1e-300, "seed": 2**64 - 1, "max_tokens": 4})
+    assert got == 200, payload
+    assert payload["choices"][0]["message"]["content"] == expected(chat_local, HELLO, 4)[0]  # greedy
 
 
 def test_sixteen_concurrent_streaming_clients(client, chat_local):

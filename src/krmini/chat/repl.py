@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from krmini.chat.template import fit_history, prompt_ids
 from krmini.errors import KrminiError
 from krmini.infer.engine import Engine
-from krmini.infer.sampling import SamplingConfig
+from krmini.infer.sampling import SEED_LIMIT, SamplingConfig
 
 try:  # noqa: SIM105 - readline gives input() line editing where the platform has it
     import readline  # noqa: F401
@@ -58,7 +58,7 @@ class ChatSession:
             yield piece
         self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": "".join(pieces)}]
         if self.sampling.seed is not None:  # reproducible, but not the same random draws every turn
-            self.sampling = replace(self.sampling, seed=self.sampling.seed + 1)
+            self.sampling = replace(self.sampling, seed=(self.sampling.seed + 1) % SEED_LIMIT)
 
     def command(self, line: str) -> bool:
         """Handle a /command; False means quit."""
@@ -73,10 +73,14 @@ class ChatSession:
             print(f"(시스템 프롬프트 / system prompt: {self.system or '없음 (none)'})")
         elif name == "/temp":
             try:
-                self.sampling = replace(self.sampling, temperature=float(arg))
+                changed = replace(self.sampling, temperature=float(arg))
+                changed.validate()  # the same check as --temperature and the server's temperature
+            except (ValueError, KrminiError) as exc:
+                why = exc if isinstance(exc, KrminiError) else "expected a number"
+                print(f"(/temp 다음에 숫자를 주세요, 예: /temp 0.7 / usage: /temp 0.7 — {why})")
+            else:
+                self.sampling = changed
                 print(f"(온도 / temperature = {self.sampling.temperature})")
-            except ValueError:
-                print("(/temp 다음에 숫자를 주세요, 예: /temp 0.7 / usage: /temp 0.7)")
         else:
             print(HELP)
         return True

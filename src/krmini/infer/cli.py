@@ -74,6 +74,7 @@ def register(subparsers) -> None:
 
 def run_generate(args) -> int:
     cfg = sampling_from_args(args)
+    cfg.validate()  # before the model loads: a bad value costs nothing
     engine = build_engine(args.model, args.device, args.dtype, args.compile)
     if len(args.prompt) == 1:
         pieces = engine.stream(args.prompt[0], cfg)  # checks the request before anything is printed

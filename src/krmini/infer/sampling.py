@@ -7,6 +7,7 @@ set whose probability reaches top-p → sample.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +15,12 @@ import torch
 from krmini.errors import KrminiError
 
 TRUNCATE_MODES = ("error", "left")
+SEED_LIMIT = 2**64  # what torch.Generator.manual_seed takes
+# Below this a temperature is greedy in all but name, and logits / temperature would overflow fp32
+# (1e-300 gave inf - inf = NaN probabilities); sampling divides by at least this.
+MIN_TEMPERATURE = 1e-4
+FLOAT_FIELDS = ("temperature", "top_p", "repetition_penalty", "frequency_penalty", "presence_penalty")
+INT_FIELDS = ("max_new_tokens", "top_k", "n")
 
 
 @dataclass
@@ -33,6 +40,19 @@ class SamplingConfig:
     truncate: str = "error"  # prompt longer than the context: "error", or "left" = keep its last tokens
 
     def validate(self) -> None:
+        """Every value finite, of its type and in range; the one check the CLI, the REPL, the server and
+        the Python API share (one-line `KrminiError`s naming the field)."""
+        for name in FLOAT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise KrminiError(f"{name}: expected a finite number, got {value!r}")
+        for name in INT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise KrminiError(f"{name}: expected an integer, got {value!r}")
+        seed = self.seed
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT):
+            raise KrminiError(f"seed: expected an integer from 0 to 2^64-1, got {seed!r}")
         if self.max_new_tokens < 1:
             raise KrminiError(f"max_new_tokens: expected >= 1, got {self.max_new_tokens}")
         if not 0 < self.top_p <= 1:
@@ -74,7 +94,7 @@ def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Gene
     """logits (B, V), already penalised → next token ids (B,)."""
     if cfg.greedy:
         return logits.argmax(dim=-1)
-    logits = logits.float() / cfg.temperature
+    logits = logits.float() / max(cfg.temperature, MIN_TEMPERATURE)
     if cfg.top_k and cfg.top_k < logits.size(-1):
         kth = torch.topk(logits, cfg.top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -83,5 +103,6 @@ def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Gene
         probs = sorted_logits.softmax(-1)
         # drop a token when the tokens before it already reach top_p (the first one always stays)
         drop = (probs.cumsum(-1) - probs) >= cfg.top_p
+        drop[..., 0] = False  # a top_p below fp32's smallest number (1e-300 rounds to 0) would drop it too
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)

@@ -147,7 +147,9 @@ def create_app(worker: Worker, model_name: str, api_key: str | None = None, defa
                 if len(ids) >= context:
                     raise APIError(400, f"the prompt is {len(ids)} tokens; this model's context is {context} "
                                    "tokens", param="messages", code="context_length_exceeded") from None
-                raise APIError(400, str(exc)) from None
+                field = str(exc).split(":", 1)[0]  # the one validation names the field it rejects
+                param = {"max_new_tokens": "max_tokens"}.get(field, field) if field.isidentifier() else None
+                raise APIError(400, str(exc), param=param) from None
         return requests
 
     async def run(requests: list[tuple[list[int], SamplingConfig]]):
