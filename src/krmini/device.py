@@ -58,8 +58,7 @@ def cpu_bf16_is_fast() -> bool:
     """Whether this CPU multiplies bf16 natively and PyTorch's bf16 autocast runs on it (probed once)."""
     if not hardware.cpu().native_bf16:
         return False
-    return hardware.probe("cpu-bf16-autocast", _bf16_autocast_runs,
-                          (("avx512bw", "avx512vl", "avx512dq"), ("avx_ne_convert",))).ok
+    return hardware.probe("cpu-bf16-autocast", _bf16_autocast_runs, hardware.ONEDNN_BF16).ok
 
 
 NO_NATIVE_BF16 = "this CPU has no native bf16 (emulated bf16 trained ~35x slower than fp32)"

@@ -32,6 +32,9 @@ REPORTED_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", 
                   "avx_ne_convert", "amx_tile", "amx_bf16", "amx_int8", "neon", "bf16", "i8mm")
 # What an AVX2-only x86-64 CPU reports (AMD EPYC family 23 model 1, the machine the fallbacks are for).
 AVX2_ONLY = frozenset({"sse4_2", "avx", "avx2", "fma", "f16c", "bmi2"})
+# oneDNN's bf16 path (weight packing, bf16 autocast matmuls) needs AVX-512 (BW, VL, DQ) or
+# AVX-NE-CONVERT on x86; on an AVX2-only CPU the packing call raises ("bf16 path needs the cpu support …").
+ONEDNN_BF16 = (("avx512bw", "avx512vl", "avx512dq"), ("avx_ne_convert",))
 SIMULATIONS = {"avx2": ("simulated x86-64 CPU with AVX2, no AVX-512 (KRMINI_SIMULATE_CPU=avx2)", AVX2_ONLY)}
 
 
@@ -48,6 +51,11 @@ class CPU:
 
     def has(self, *flags: str) -> bool:
         return self.flags.issuperset(flags)
+
+    def meets(self, needs: tuple[tuple[str, ...], ...]) -> bool:
+        """Whether one of the flag groups in `needs` is all there (always true off x86, where the
+        operation itself is the only test)."""
+        return not self.x86 or not needs or any(self.has(*group) for group in needs)
 
     @property
     def native_bf16(self) -> bool:
@@ -131,11 +139,9 @@ def probe(name: str, run: Callable[[], object], needs: tuple[tuple[str, ...], ..
     """
     if name in VERDICTS:
         return VERDICTS[name]
-    machine = cpu()
-    lacking = machine.x86 and needs and not any(machine.has(*group) for group in needs)
     if not fast_paths_enabled():
         verdict = Verdict(False, f"off ({FAST_ENV}=0)")
-    elif lacking:
+    elif not cpu().meets(needs):
         verdict = Verdict(False, "the CPU lacks " + " or ".join("+".join(g) for g in needs))
     else:
         try:

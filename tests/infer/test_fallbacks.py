@@ -54,9 +54,10 @@ def test_bf16_on_a_cpu_without_native_bf16(simulated_avx2, capsys):
         assert pick_precision("bf16", cpu) == "fp32"
     assert pick_precision("auto", cpu) == "fp32"
     assert pick_dtype("auto", cpu) == torch.float32
-    assert pick_dtype("bf16", cpu) == torch.bfloat16 and pick_dtype("bf16", cpu) == torch.bfloat16
+    for _ in range(2):  # bf16 still runs for generation; the notice comes once per process
+        assert pick_dtype("bf16", cpu) == torch.bfloat16
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "no native bf16, so bf16 runs emulated" in err  # one line, once
+    assert err.count("\n") == 1 and "no native bf16, so bf16 runs emulated" in err
 
 
 def test_fast_paths_off_leaves_the_plain_model(small_model, monkeypatch, capsys):
@@ -66,7 +67,8 @@ def test_fast_paths_off_leaves_the_plain_model(small_model, monkeypatch, capsys)
     model = copy.deepcopy(small_model).to(torch.bfloat16)
     same, decoder = accelerate(model, compile=True)
     assert same is model and decoder is None
-    assert all(type(m) is nn.Linear for m in model.modules() if isinstance(m, nn.Linear))
+    assert not any(isinstance(m, (FusedAttention, PackedLinear, GemvLinear)) for m in model.modules())
+    assert sum(type(m) is nn.Linear for m in model.modules()) == 7 * small_model.config.num_hidden_layers + 1
     assert not packing_available(torch.float32) and hardware.VERDICTS["onednn-pack-fp32"].reason == "off (KRMINI_FAST=0)"
     assert capsys.readouterr().err.count("\n") == 1  # the one line saying --compile is ignored
 

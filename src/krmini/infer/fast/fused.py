@@ -69,11 +69,6 @@ INT8_KERNEL_MIN_BYTES = 32 << 20
 PACK_FP32_FROM = 1 << 19  # weights; below this MKL's fp32 matrix-vector product is faster
 
 
-# oneDNN's bf16 path needs AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT on x86; on an AVX2-only CPU the
-# packing call raises ("bf16 path needs the cpu support avx_ne_convert or avx512bw, …").
-BF16_PACK_NEEDS = (("avx512bw", "avx512vl", "avx512dq"), ("avx_ne_convert",))
-
-
 def _packs(dtype: torch.dtype) -> bool:
     """The probe: pack a tiny weight and multiply through it, against `F.linear`."""
     if not torch.backends.mkldnn.is_available():
@@ -89,7 +84,7 @@ def packing_available(dtype: torch.dtype) -> bool:
     if dtype not in (torch.float32, torch.bfloat16):
         return False
     name = "onednn-pack-" + ("bf16" if dtype == torch.bfloat16 else "fp32")
-    return hardware.probe(name, lambda: _packs(dtype), BF16_PACK_NEEDS if dtype == torch.bfloat16 else ()).ok
+    return hardware.probe(name, lambda: _packs(dtype), hardware.ONEDNN_BF16 if dtype == torch.bfloat16 else ()).ok
 
 
 def can_pack(weight: torch.Tensor) -> bool:

@@ -79,7 +79,8 @@ def kernel_available() -> bool:
         return False
     fresh = "krmini-kernels" not in hardware.VERDICTS
     verdict = hardware.probe("krmini-kernels", _build_and_check, NEEDS)
-    if fresh and not verdict.ok and hardware.fast_paths_enabled() and "lacks" not in verdict.reason:
+    # say so once where the build was tried and failed (not where the CPU or a switch ruled it out)
+    if fresh and not verdict.ok and hardware.fast_paths_enabled() and hardware.cpu().meets(NEEDS):
         warnings.warn(f"the decoding kernels could not be built ({verdict.reason}); decoding uses PyTorch's "
                       "kernels", stacklevel=2)
     return verdict.ok
