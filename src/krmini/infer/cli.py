@@ -84,9 +84,15 @@ def run_generate(args) -> int:
             sys.stdout.flush()
         sys.stdout.write("\n")
         return 0
-    for prompt, done in zip(args.prompt, engine.generate_batch([(p, cfg) for p in args.prompt]), strict=True):
+    failed = 0
+    completions = engine.generate_batch([(p, cfg) for p in args.prompt])
+    for i, (prompt, done) in enumerate(zip(args.prompt, completions, strict=True), 1):
+        if done.error is not None:  # it failed alone: the other prompts' continuations still print
+            failed += 1
+            print(f"krmini: error: prompt {i} failed: {type(done.error).__name__}: {done.error}", file=sys.stderr)
+            continue
         sys.stdout.write(f"{prompt}{done.texts[0]}\n")
-    return 0
+    return 1 if failed else 0
 
 
 def val_perplexity(model, state: dict, device: torch.device) -> dict | None:

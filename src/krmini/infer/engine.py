@@ -22,7 +22,7 @@ what follows belongs to another text). Special tokens are never printed as text.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -73,6 +73,11 @@ class DecodeBatch:
     `prompts` are token ids (already fitted to the context); request i gets `cfgs[i].n` rows, which
     copy its prefilled cache rows. `step()` returns (row, token id or None, finish reason or None)
     for every row still running; a row that hits a stop id reports (row, None, "stop").
+
+    Requests share the forward pass but nothing else: each is sampled on its own, and one whose
+    sampling raises ends alone, its rows reporting (row, None, "error") with the exception kept in
+    `failed[request]`, while the others go on. `cancel(request)` ends a request's rows silently
+    (its client left); a request with no row left is no longer sampled.
     """
 
     def __init__(self, model: LlamaModel, prompts: list[list[int]], cfgs: list[SamplingConfig],
@@ -133,6 +138,7 @@ class DecodeBatch:
         self.step_index = 0
         self.pending: torch.Tensor | None = None
         self.alive = [True] * len(self.row_request)
+        self.failed: dict[int, Exception] = {}
         self.generators = [torch.Generator(device=device).manual_seed(c.seed) if c.seed is not None else None
                            for c in cfgs]
         self.penalised = any(c.penalised for c in cfgs)
@@ -151,6 +157,11 @@ class DecodeBatch:
         """End a row early (a stop string was found); the batch stops when no row is left."""
         self.alive[row] = False
 
+    def cancel(self, request: int) -> None:
+        """End every row of a request, without events: its rows are not sampled again."""
+        for row in range(self.rows_of[request].start, self.rows_of[request].stop):
+            self.alive[row] = False
+
     @torch.inference_mode()
     def _forward(self, tokens: torch.Tensor) -> None:
         positions = self.positions[self.step_index - 1][:, None]  # (B, 1)
@@ -168,13 +179,18 @@ class DecodeBatch:
         logits = self.logits
         if not self.penalised and all(c.greedy for c in self.cfgs):
             return logits.float().argmax(dim=-1)  # argmax over bf16 is several times slower on CPU
-        tokens = torch.empty(logits.size(0), dtype=torch.long, device=logits.device)
+        tokens = torch.zeros(logits.size(0), dtype=torch.long, device=logits.device)  # ended rows feed 0
         for r, cfg in enumerate(self.cfgs):
             rows = self.rows_of[r]
-            lg = logits[rows].float()
-            if cfg.penalised:
-                lg = apply_penalties(lg, self.seen[rows], self.counts[rows], cfg)
-            tokens[rows] = sample_next(lg, cfg, self.generators[r])
+            if not any(self.alive[rows]):
+                continue
+            try:
+                lg = logits[rows].float()
+                if cfg.penalised:
+                    lg = apply_penalties(lg, self.seen[rows], self.counts[rows], cfg)
+                tokens[rows] = sample_next(lg, cfg, self.generators[r])
+            except Exception as exc:  # this request's failure is its own: the others keep their batch
+                self.failed[r] = exc
         if self.penalised:
             self.counts.scatter_add_(1, tokens[:, None], torch.ones_like(tokens[:, None], dtype=self.counts.dtype))
             self.seen.scatter_(1, tokens[:, None], True)
@@ -189,6 +205,10 @@ class DecodeBatch:
         events = []
         for row, tid in enumerate(tokens.tolist()):
             if not self.alive[row]:
+                continue
+            if self.row_request[row] in self.failed:
+                self.alive[row] = False
+                events.append((row, None, "error"))
                 continue
             if tid in self.stop_ids:
                 self.alive[row] = False
@@ -211,7 +231,8 @@ class StreamEvent:
     sample: int
     text: str
     token_id: int | None
-    finish_reason: str | None  # "stop" (stop id or string) or "length"; set on a sequence's last event
+    finish_reason: str | None  # "stop" (stop id or string), "length" or "error"; on a sequence's last event
+    error: Exception | None = None  # with "error": what went wrong (for the log, not for a client)
 
 
 @dataclass
@@ -219,7 +240,8 @@ class Completion:
     prompt_tokens: int
     texts: list[str] = field(default_factory=list)  # one per sample (n)
     token_ids: list[list[int]] = field(default_factory=list)
-    finish_reasons: list[str] = field(default_factory=list)
+    finish_reasons: list[str] = field(default_factory=list)  # "error" for a request that failed alone
+    error: Exception | None = None
 
 
 class Engine:
@@ -259,8 +281,13 @@ class Engine:
         """Run several requests in one batch, yielding each sequence's text as it grows."""
         return self.stream_prepared([(self.prepare(p, c), c) for p, c in requests])
 
-    def stream_prepared(self, requests: list[tuple[list[int], SamplingConfig]]) -> Iterator[StreamEvent]:
-        """`stream_batch` for requests already through `prepare` (the server checks each on arrival)."""
+    def stream_prepared(self, requests: list[tuple[list[int], SamplingConfig]],
+                        cancelled: Callable[[int], bool] | None = None) -> Iterator[StreamEvent]:
+        """`stream_batch` for requests already through `prepare` (the server checks each on arrival).
+
+        `cancelled(i)` is asked before every decode step: request i's rows end there, with no more
+        events (its client left), and the batch ends when no row is left. A request that fails ends
+        alone with finish reason "error" (see `DecodeBatch`)."""
         if not requests:
             return
         batch = DecodeBatch(self.model, [ids for ids, _ in requests], [c for _, c in requests], self.stop_ids,
@@ -269,7 +296,16 @@ class Engine:
         texts = [TextStream(self.tokenizer) for _ in rows]
         stops = [StopStrings(requests[r][1].stop) for r, _ in rows]
         while batch.running:
+            if cancelled is not None:
+                for r in range(len(requests)):
+                    if cancelled(r):
+                        batch.cancel(r)
+                if not batch.running:
+                    return
             for row, tid, reason in batch.step():
+                if reason == "error":
+                    yield StreamEvent(*rows[row], "", None, reason, batch.failed[batch.row_request[row]])
+                    continue
                 piece = texts[row].push(tid) if tid is not None else ""
                 if reason:
                     piece += texts[row].flush()
@@ -291,6 +327,7 @@ class Engine:
                 done.token_ids[ev.sample].append(ev.token_id)
             if ev.finish_reason:
                 done.finish_reasons[ev.sample] = ev.finish_reason
+                done.error = done.error or ev.error
         return out
 
     def stream(self, prompt: Prompt, cfg: SamplingConfig) -> Iterator[str]:
@@ -299,8 +336,15 @@ class Engine:
         ids = self.prepare(prompt, cfg)
         if cfg.n != 1:
             raise KrminiError(f"n: stream() yields one sequence; got n={cfg.n} (use stream_batch)")
-        events = self.stream_prepared([(ids, cfg)])
-        return (ev.text for ev in events if ev.text)
+        return self._texts(self.stream_prepared([(ids, cfg)]))
+
+    @staticmethod
+    def _texts(events: Iterator[StreamEvent]) -> Iterator[str]:
+        for ev in events:
+            if ev.error is not None:
+                raise ev.error
+            if ev.text:
+                yield ev.text
 
     def generate(self, prompt: Prompt, cfg: SamplingConfig) -> str:
         return "".join(self.stream(prompt, cfg))

@@ -25,6 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 
 from krmini.chat.template import prompt_ids
@@ -80,6 +81,40 @@ def error_body(message: str, kind: str, param: str | None = None, code: str | No
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
+class Submission:
+    """One HTTP request's jobs in the worker, and the events coming back from them: (choice index,
+    text | Done) for every choice (prompt p's sample s is choice p·n + s, as in OpenAI's API)."""
+
+    def __init__(self, worker: Worker, requests: list[tuple[list[int], SamplingConfig]],
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.queue: asyncio.Queue = asyncio.Queue()
+        put = self.queue.put_nowait
+        self.jobs = []
+        for p, (ids, sampling) in enumerate(requests):
+            base = p * sampling.n
+            self.jobs.append(Job(ids, sampling, lambda s, e, b=base: loop.call_soon_threadsafe(put, (b + s, e))))
+        self.remaining = sum(sampling.n for _, sampling in requests)
+        for job in self.jobs:
+            worker.submit(job)
+
+    def cancel(self) -> None:
+        """Free the engine: the worker drops these jobs before the next decode step (or never starts them)."""
+        for job in self.jobs:
+            job.cancelled.set()
+
+    async def events(self):
+        try:
+            while self.remaining:
+                index, event = await self.queue.get()
+                if isinstance(event, Done):
+                    self.remaining -= 1
+                    if event.error:
+                        raise APIError(500, event.error, "server_error") if event.internal else APIError(400, event.error)
+                yield index, event
+        finally:  # finished, failed or abandoned
+            self.cancel()
+
+
 def create_app(worker: Worker, model_name: str, api_key: str | None = None, default_max_tokens: int = 256) -> FastAPI:
     app = FastAPI(title="krmini", docs_url=None, redoc_url=None, openapi_url=None)
     engine = worker.engine
@@ -122,7 +157,7 @@ def create_app(worker: Worker, model_name: str, api_key: str | None = None, defa
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": model_name, "queued": worker.queue.qsize()}
+        return {"status": "ok", "model": model_name, "queued": worker.queue.qsize(), "running": worker.running}
 
     @app.get("/v1/models")
     async def models():
@@ -152,29 +187,8 @@ def create_app(worker: Worker, model_name: str, api_key: str | None = None, defa
                 raise APIError(400, str(exc), param=param) from None
         return requests
 
-    async def run(requests: list[tuple[list[int], SamplingConfig]]):
-        """Yield (choice index, text | Done) as the worker produces them, for every choice of a request
-        (prompt p's sample s is choice p·n + s, as in OpenAI's API)."""
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue = asyncio.Queue()
-        submitted = []
-        for p, (ids, sampling) in enumerate(requests):
-            base = p * sampling.n
-            job = Job(ids, sampling, lambda s, e, b=base: loop.call_soon_threadsafe(events.put_nowait, (b + s, e)))
-            submitted.append(job)
-            worker.submit(job)
-        remaining = sum(sampling.n for _, sampling in requests)
-        try:
-            while remaining:
-                index, event = await events.get()
-                if isinstance(event, Done):
-                    remaining -= 1
-                    if event.error:
-                        raise APIError(500, event.error, "server_error") if event.internal else APIError(400, event.error)
-                yield index, event
-        finally:
-            for job in submitted:  # client gone or request failed: free the engine
-                job.cancelled.set()
+    def run(requests: list[tuple[list[int], SamplingConfig]]) -> Submission:
+        return Submission(worker, requests, asyncio.get_running_loop())
 
     def usage(prompts: list[list[int]], n: int, dones: list[Done]) -> dict:
         prompt_tokens = sum(len(p) for p in prompts)
@@ -195,9 +209,10 @@ def create_app(worker: Worker, model_name: str, api_key: str | None = None, defa
                 return {"index": index, "delta": delta, "finish_reason": finish}
             return {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
 
+        submission = run(requests)
         if not req.stream:
             texts, dones = [""] * choices_n, [None] * choices_n
-            async for index, event in run(requests):
+            async for index, event in submission.events():
                 if isinstance(event, Done):
                     dones[index] = event
                 else:
@@ -210,7 +225,7 @@ def create_app(worker: Worker, model_name: str, api_key: str | None = None, defa
 
         kind = "chat.completion.chunk" if chat else "text_completion"
         include_usage = bool((req.stream_options or {}).get("include_usage"))
-        events = run(requests)
+        events = submission.events()
 
         async def sse():
             dones = []
@@ -229,12 +244,14 @@ def create_app(worker: Worker, model_name: str, api_key: str | None = None, defa
             except APIError as exc:
                 yield f"data: {json.dumps(error_body(exc.message, exc.kind), ensure_ascii=False)}\n\n"
             finally:
-                await events.aclose()  # cancels queued work when the client goes away
+                submission.cancel()  # at once, without awaiting: this may run inside a cancelled scope
             if include_usage:
                 yield f"data: {json.dumps({**head, 'object': kind, 'choices': [], 'usage': usage(prompts, req.n, dones)})}\n\n"
             yield "data: [DONE]\n\n"
 
-        return StreamingResponse(sse(), media_type="text/event-stream",
+        # When the client leaves, Starlette cancels the response and runs its background task; the
+        # generator itself may be left suspended (and its `finally` unrun) until it is collected.
+        return StreamingResponse(sse(), media_type="text/event-stream", background=BackgroundTask(submission.cancel),
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.post("/v1/chat/completions")

@@ -7,11 +7,16 @@ strings held back). A request with `n` choices is one job whose samples share it
 event goes back through the job's callback as (choice index, text piece or `Done`). A job that
 arrives mid-batch waits for the next batch. One owner means no two requests ever touch the model or
 its KV cache at once.
+
+Jobs in a batch do not share their fate: a job whose client left (`cancelled`) stops being decoded
+at the next step, and a job that fails inside the engine ends alone with an internal error while the
+others finish normally. Only a failure of the shared forward pass fails the whole batch.
 """
 
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,6 +46,7 @@ class Worker:
         self.engine = engine
         self.max_batch = max_batch
         self.queue: queue.Queue[Job | None] = queue.Queue()
+        self.running = 0  # jobs in the batch being decoded now (/health reports it)
         self.thread = threading.Thread(target=self._serve, name="krmini-worker", daemon=True)
         self.thread.start()
 
@@ -68,29 +74,41 @@ class Worker:
                     break
                 jobs.append(nxt)
                 rows += nxt.sampling.n
-            self._run([j for j in jobs if not j.cancelled.is_set()])
+            jobs = [j for j in jobs if not j.cancelled.is_set()]
+            self.running = len(jobs)
+            try:
+                self._run(jobs)
+            finally:
+                self.running = 0
 
     def _run(self, jobs: list[Job]) -> None:
         if not jobs:
             return
         counts = [[0] * j.sampling.n for j in jobs]
         finished = [[False] * j.sampling.n for j in jobs]
+        requests = [(j.prompt_ids, j.sampling) for j in jobs]
         try:
-            for ev in self.engine.stream_prepared([(j.prompt_ids, j.sampling) for j in jobs]):
-                job = jobs[ev.request]
-                counts[ev.request][ev.sample] += ev.token_id is not None
-                if job.cancelled.is_set():
-                    if all(j.cancelled.is_set() for j in jobs):
-                        return
+            for ev in self.engine.stream_prepared(requests, cancelled=lambda r: jobs[r].cancelled.is_set()):
+                job, count = jobs[ev.request], counts[ev.request]
+                count[ev.sample] += ev.token_id is not None
+                if ev.error is not None:
+                    log_failure(ev.error, "one request")
+                    job.emit(ev.sample, Done("error", count[ev.sample], "internal server error", internal=True))
+                    finished[ev.request][ev.sample] = True
                     continue
                 if ev.text:
                     job.emit(ev.sample, ev.text)
                 if ev.finish_reason:
                     finished[ev.request][ev.sample] = True
-                    job.emit(ev.sample, Done(ev.finish_reason, counts[ev.request][ev.sample]))
+                    job.emit(ev.sample, Done(ev.finish_reason, count[ev.sample]))
         except Exception as exc:  # a bug must fail these requests, never stop the worker for all others
+            log_failure(exc, f"a batch of {len(jobs)}")
             for job, done in zip(jobs, finished, strict=True):
                 for sample, ended in enumerate(done):
                     if not ended:
-                        job.emit(sample, Done("error", 0, f"internal error: {type(exc).__name__}: {exc}",
-                                              internal=True))
+                        job.emit(sample, Done("error", 0, "internal server error", internal=True))
+
+
+def log_failure(exc: Exception, what: str) -> None:
+    """The details go to the server's log; clients get a plain "internal server error"."""
+    print(f"krmini serve: {what} failed inside the engine: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
