@@ -114,6 +114,21 @@ def test_models_health_and_api_key(client, chat_server):
         openai.OpenAI(base_url=f"{chat_server.url}/v1", api_key="wrong", max_retries=0).models.list()
 
 
+def test_tokenize_counts_the_prompt_chat_completions_runs(client, chat_server, chat_local):
+    """vLLM's /tokenize for a conversation (the web page counts with it): the very ids a chat request's
+    prompt has, text parts included, behind the same key."""
+    messages = [{"role": "system", "content": "친절한 비서"}, *HELLO,
+                {"role": "assistant", "content": [{"type": "text", "text": "안녕하세요!"}]}, {"role": "user", "content": "고마워"}]
+    plain = [{**m, "content": "안녕하세요!"} if m["role"] == "assistant" else m for m in messages]
+    ids = prompt_ids(chat_local.tokenizer, plain)
+    status, body = raw(chat_server, "/tokenize", {"messages": messages})
+    assert status == 200 and body == {"count": len(ids), "max_model_len": 256, "tokens": ids}
+    r = client.chat.completions.create(model="krmini-test", messages=messages, temperature=0, max_tokens=1)
+    assert r.usage.prompt_tokens == len(ids)
+    assert raw(chat_server, "/tokenize", {"messages": HELLO}, key=None)[0] == 401
+    assert raw(chat_server, "/tokenize", {"messages": []})[0] == 400
+
+
 @pytest.mark.parametrize(("body", "status", "param"), [
     ({"messages": HELLO, "temperature": 5}, 400, "temperature"),
     ({"messages": HELLO, "top_p": 0}, 400, "top_p"),

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
-from krmini.chat.template import fit_history, prompt_ids
+from krmini.chat.template import fit_history, prompt_budget, prompt_ids
 from krmini.errors import KrminiError
 from krmini.infer.engine import Engine
 from krmini.infer.sampling import SEED_LIMIT, SamplingConfig
@@ -42,7 +42,7 @@ class ChatSession:
     def reply(self, text: str, notice=print) -> Iterator[str]:
         """Stream the reply to `text`; the history keeps both once the reply is complete."""
         tokenizer, context = self.engine.tokenizer, self.engine.context
-        budget = max(context - self.sampling.max_new_tokens, context // 2)
+        budget = prompt_budget(context, self.sampling.max_new_tokens)
         messages, dropped = fit_history(tokenizer, [*self.messages(), {"role": "user", "content": text}], budget)
         if dropped:
             self.history = self.history[dropped:]

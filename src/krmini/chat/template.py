@@ -65,6 +65,12 @@ def stop_ids(tokenizer: KoTokenizer) -> set[int]:
     return {tokenizer.token_id(END), tokenizer.eos_id, *(tokenizer.token_id(role_token(r)) for r in ROLES)}
 
 
+def prompt_budget(context: int, max_new_tokens: int) -> int:
+    """The prompt tokens a conversation may fill before its oldest turns are dropped: room for a whole
+    reply, but never less than half the context (a reply limit near the context must not empty the history)."""
+    return max(context - max_new_tokens, context // 2)
+
+
 def fit_history(tokenizer: KoTokenizer, messages: list[dict], budget: int) -> tuple[list[dict], int]:
     """Drop the oldest non-system turns until the prompt fits in `budget` tokens.
 

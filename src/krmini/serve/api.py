@@ -5,6 +5,7 @@
     GET  /v1/models             the one served model
     POST /v1/chat/completions   messages → reply, rendered with the chat template
     POST /v1/completions        plain text continuation
+    POST /tokenize              a conversation's prompt token count and the context (as vLLM's)
 
 `stream: true` answers with server-sent events (`data: {chunk}` … `data: [DONE]`). Every error is
 OpenAI's JSON shape `{"error": {"message", "type", "param", "code"}}` with a 4xx status.
@@ -28,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 
-from krmini.chat.template import prompt_ids
+from krmini.chat.template import prompt_budget, prompt_ids
 from krmini.errors import KrminiError
 from krmini.infer.sampling import SamplingConfig
 from krmini.serve.worker import Done, Job, Worker
@@ -68,6 +69,11 @@ class ChatRequest(Sampling):
 
 class CompletionRequest(Sampling):
     prompt: str | list[str]
+
+
+class TokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    messages: list[Message] = Field(min_length=1)
 
 
 class APIError(Exception):
@@ -143,7 +149,7 @@ def create_app(worker: Worker, model_name: str, api_key: str | None = None, defa
 
     @app.middleware("http")
     async def _auth(request: Request, call_next):
-        if api_key and request.url.path.startswith("/v1/"):
+        if api_key and (request.url.path.startswith("/v1/") or request.url.path == "/tokenize"):
             given = request.headers.get("authorization", "")
             if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
                 return JSONResponse(error_body("missing or incorrect API key (Authorization: Bearer KEY)",
@@ -153,7 +159,9 @@ def create_app(worker: Worker, model_name: str, api_key: str | None = None, defa
     @app.get("/", response_class=HTMLResponse)
     async def index():
         return HTMLResponse(page.replace("__MODEL__", html.escape(model_name))
-                            .replace("__KEY_REQUIRED__", "true" if api_key else "false"))
+                            .replace("__KEY_REQUIRED__", "true" if api_key else "false")
+                            .replace("__CONTEXT__", str(context))
+                            .replace("__BUDGET__", str(prompt_budget(context, default_max_tokens))))
 
     @app.get("/health")
     async def health():
@@ -162,6 +170,16 @@ def create_app(worker: Worker, model_name: str, api_key: str | None = None, defa
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created, "owned_by": "krmini"}]}
+
+    def conversation(messages: list[Message]) -> list[int]:
+        return prompt_ids(tokenizer, [{"role": m.role, "content": m.text()} for m in messages])
+
+    @app.post("/tokenize")
+    async def tokenize(req: TokenizeRequest):
+        """The ids /v1/chat/completions would run these messages on, and the context (vLLM's fields):
+        the web page counts with it to drop the oldest turns that no longer fit."""
+        ids = conversation(req.messages)
+        return {"count": len(ids), "max_model_len": context, "tokens": ids}
 
     def check(req: Sampling, prompts: list[list[int]], max_tokens: int | None) -> list[tuple[list[int], SamplingConfig]]:
         """Each prompt with its sampling settings (its `n` choices share one prefill), checked once
@@ -256,8 +274,7 @@ def create_app(worker: Worker, model_name: str, api_key: str | None = None, defa
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest):
-        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-        return await respond(req, [prompt_ids(tokenizer, messages)], req.max_completion_tokens or req.max_tokens,
+        return await respond(req, [conversation(req.messages)], req.max_completion_tokens or req.max_tokens,
                              chat=True)
 
     @app.post("/v1/completions")
