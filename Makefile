@@ -1,4 +1,5 @@
-# `make demo` and `make test` (fast); `make test-integration` (builds and installs the wheel: minutes).
+# `make demo` and `make test` (fast); `make test-integration` (builds and installs the wheel, fuzzes the
+# server's OpenAPI schema with schemathesis: minutes).
 # All build .venv first (CPU torch, no CUDA download).
 PYTHON ?= python3
 VENV := .venv

@@ -59,7 +59,7 @@ def test_a_failing_request_ends_alone_in_its_batch(chat_local, poisoned_sampling
         list(engine.stream("안녕", sampled(POISON_SEED)))
 
 
-def test_worker_fails_only_the_poisoned_job(chat_local, poisoned_sampling, capfd):
+def test_worker_fails_only_the_poisoned_job(chat_local, poisoned_sampling, caplog):
     engine = build_engine(copy.deepcopy(chat_local), stop_ids=stop_ids(chat_local.tokenizer))
     worker = Worker(engine)
     events: queue.Queue = queue.Queue()
@@ -76,7 +76,7 @@ def test_worker_fails_only_the_poisoned_job(chat_local, poisoned_sampling, capfd
     assert sorted(dones) == [0, 1, 2, 3]
     assert dones[1].finish_reason == "error" and dones[1].internal and dones[1].error == "internal server error"
     assert [(dones[j].error, dones[j].finish_reason in ("stop", "length")) for j in (0, 2, 3)] == [(None, True)] * 3
-    assert "one request failed inside the engine: RuntimeError: poisoned request" in capfd.readouterr().err
+    assert "one request failed inside the engine: RuntimeError: poisoned request" in caplog.text  # logged
 
 
 @contextmanager

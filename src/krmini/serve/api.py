@@ -6,9 +6,12 @@
     POST /v1/chat/completions   messages → reply, rendered with the chat template
     POST /v1/completions        plain text continuation
     POST /tokenize              a conversation's prompt token count and the context (as vLLM's)
+    GET  /openapi.json          the OpenAPI document of all of these (`krmini.serve.schema`)
 
 `stream: true` answers with server-sent events (`data: {chunk}` … `data: [DONE]`). Every error is
-OpenAI's JSON shape `{"error": {"message", "type", "param", "code"}}` with a 4xx status.
+OpenAI's JSON shape `{"error": {"message", "type", "param", "code"}}`: 400 for a request the schema
+rejects (never FastAPI's 422), 401 without the API key (on /v1/ and /openapi.json, when one is set),
+404 for another model or path, 405 with `Allow`, 500 without internal details.
 """
 
 from __future__ import annotations
@@ -20,60 +23,21 @@ import secrets
 import time
 import uuid
 from importlib import resources
-from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 
+from krmini import __version__
 from krmini.chat.template import prompt_budget, prompt_ids
 from krmini.errors import KrminiError
 from krmini.infer.sampling import SamplingConfig
-from krmini.serve.worker import Done, Job, Worker
-
-MAX_N = 8
-
-
-class Message(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "user", "assistant"]
-    content: str | list[dict]
-
-    def text(self) -> str:
-        """Content as text; OpenAI clients may send a list of {"type": "text", "text": …} parts."""
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(str(p.get("text", "")) for p in self.content if p.get("type") == "text")
-
-
-class Sampling(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    model: str | None = None
-    max_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(0.7, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
-    n: int = Field(1, ge=1, le=MAX_N)
-    stream: bool = False
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    stream_options: dict | None = None
-
-
-class ChatRequest(Sampling):
-    messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-
-
-class CompletionRequest(Sampling):
-    prompt: str | list[str]
-
-
-class TokenizeRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    messages: list[Message] = Field(min_length=1)
+from krmini.serve import schema
+from krmini.serve.schema import ChatRequest, CompletionRequest, Message, Sampling, TokenizeRequest
+from krmini.serve.worker import Done, Job, Worker, log
 
 
 class APIError(Exception):
@@ -121,60 +85,93 @@ class Submission:
             self.cancel()
 
 
+def invalid_body(exc: RequestValidationError) -> tuple[str, str | None]:
+    """(message, param) for a request FastAPI could not read or validate. Of a union's failures the one
+    that got past the type (`stop: [5 strings]` is too long, not "not a string") says what is wrong."""
+    errors = exc.errors()
+    if not errors:
+        return "request body: invalid", None
+    first = next((e for e in errors if not e["type"].endswith("_type")), errors[0])
+    if first["type"] == "json_invalid":  # loc holds the position in the text, not a field
+        doc, pos = str(exc.body), first["loc"][-1]
+        line, column = doc.count("\n", 0, pos) + 1, pos - doc.rfind("\n", 0, pos)
+        reason = first.get("ctx", {}).get("error", "")
+        return f"request body: not valid JSON: {reason} (line {line}, column {column})", None
+    # loc is ("body", field, index, ...) with pydantic's union member tags ("str", "list[...]") between
+    param = ".".join(str(p) for p in first["loc"][1:] if isinstance(p, int) or p in schema.FIELDS) or None
+    if param:
+        return f"{param}: {first['msg']}", param
+    if first["type"] in ("missing", "model_type", "model_attributes_type", "dict_type"):
+        return "request body: expected a JSON object (Content-Type: application/json)", None
+    return f"request body: {first['msg']}", None
+
+
 def create_app(worker: Worker, model_name: str, api_key: str | None = None, default_max_tokens: int = 256) -> FastAPI:
-    app = FastAPI(title="krmini", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="krmini", version=__version__, docs_url=None, redoc_url=None, openapi_url="/openapi.json",
+                  description="An OpenAI-compatible API for one krmini chat model.")
     engine = worker.engine
     tokenizer, context = engine.tokenizer, engine.context
     created = int(time.time())
     page = resources.files("krmini.serve").joinpath("index.html").read_text(encoding="utf-8")
 
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            app.openapi_schema = schema.describe(spec, model_name, keyed=bool(api_key))
+        return app.openapi_schema
+
+    app.openapi = openapi
+
     @app.exception_handler(APIError)
-    async def _api_error(_: Request, exc: APIError):
+    async def _api_error(request: Request, exc: APIError):
+        if exc.status >= 500:  # the details are ours, not the client's
+            log.error("%s %s: %s", request.method, request.url.path, exc.message)
+            return JSONResponse(error_body("internal server error", exc.kind), status_code=exc.status)
         return JSONResponse(error_body(exc.message, exc.kind, exc.param, exc.code), status_code=exc.status)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {}
-        param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
-        message = f"{param}: {first.get('msg', 'invalid request')}" if param else first.get("msg", "invalid request")
+        message, param = invalid_body(exc)
         return JSONResponse(error_body(message, "invalid_request_error", param), status_code=400)
 
     @app.exception_handler(HTTPException)
-    async def _http(_: Request, exc: HTTPException):
-        return JSONResponse(error_body(str(exc.detail), "invalid_request_error"), status_code=exc.status_code)
+    async def _http(_: Request, exc: HTTPException):  # 404 no such path, 405 with its Allow header, ...
+        return JSONResponse(error_body(str(exc.detail), "invalid_request_error"), status_code=exc.status_code,
+                            headers=exc.headers)
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception):
-        return JSONResponse(error_body(f"internal error: {type(exc).__name__}", "server_error"), status_code=500)
+    async def _unexpected(_: Request, exc: Exception):  # Starlette logs the traceback after this answer
+        return JSONResponse(error_body("internal server error", "server_error"), status_code=500)
 
     @app.middleware("http")
     async def _auth(request: Request, call_next):
-        if api_key and (request.url.path.startswith("/v1/") or request.url.path == "/tokenize"):
+        if api_key and (request.url.path.startswith("/v1/") or request.url.path in ("/tokenize", app.openapi_url)):
             given = request.headers.get("authorization", "")
             if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
                 return JSONResponse(error_body("missing or incorrect API key (Authorization: Bearer KEY)",
                                                "invalid_request_error", code="invalid_api_key"), status_code=401)
         return await call_next(request)
 
-    @app.get("/", response_class=HTMLResponse)
+    @app.get("/", response_class=HTMLResponse, responses={200: {"description": "the web chat page"}})
     async def index():
         return HTMLResponse(page.replace("__MODEL__", html.escape(model_name))
                             .replace("__KEY_REQUIRED__", "true" if api_key else "false")
                             .replace("__CONTEXT__", str(context))
                             .replace("__BUDGET__", str(prompt_budget(context, default_max_tokens))))
 
-    @app.get("/health")
+    @app.get("/health", responses={200: {"description": "the server is up", "model": schema.Health}})
     async def health():
         return {"status": "ok", "model": model_name, "queued": worker.queue.qsize(), "running": worker.running}
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses={200: {"description": "the one served model", "model": schema.ModelList}})
     async def models():
         return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created, "owned_by": "krmini"}]}
 
     def conversation(messages: list[Message]) -> list[int]:
         return prompt_ids(tokenizer, [{"role": m.role, "content": m.text()} for m in messages])
 
-    @app.post("/tokenize")
+    @app.post("/tokenize", responses={200: {"description": "the prompt's ids and the context", "model": schema.Tokenized},
+                                      400: schema.error("invalid request: the field at fault is `error.param`")})
     async def tokenize(req: TokenizeRequest):
         """The ids /v1/chat/completions would run these messages on, and the context (vLLM's fields):
         the web page counts with it to drop the oldest turns that no longer fit."""
@@ -188,8 +185,6 @@ def create_app(worker: Worker, model_name: str, api_key: str | None = None, defa
             raise APIError(404, f"model {req.model!r} does not exist; this server serves {model_name!r}",
                            param="model", code="model_not_found")
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-        if len(stops) > 4:
-            raise APIError(400, "stop: at most 4 stop strings", param="stop")
         sampling = SamplingConfig(max_new_tokens=max_tokens or default_max_tokens, temperature=req.temperature,
                                   top_k=0, top_p=req.top_p, seed=req.seed, n=req.n, stop=tuple(stops))
         requests = []
@@ -242,7 +237,7 @@ def create_app(worker: Worker, model_name: str, api_key: str | None = None, defa
                     "usage": usage(prompts, req.n, dones)}
 
         kind = "chat.completion.chunk" if chat else "text_completion"
-        include_usage = bool((req.stream_options or {}).get("include_usage"))
+        include_usage = req.stream_options is not None and req.stream_options.include_usage
         events = submission.events()
 
         async def sse():
@@ -272,16 +267,14 @@ def create_app(worker: Worker, model_name: str, api_key: str | None = None, defa
         return StreamingResponse(sse(), media_type="text/event-stream", background=BackgroundTask(submission.cancel),
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=schema.answers(schema.ChatCompletion, schema.ChatCompletionChunk))
     async def chat_completions(req: ChatRequest):
         return await respond(req, [conversation(req.messages)], req.max_completion_tokens or req.max_tokens,
                              chat=True)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=schema.answers(schema.Completion, schema.CompletionChunk))
     async def completions(req: CompletionRequest):
         texts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
-        if not texts or len(texts) > MAX_N or not all(texts):
-            raise APIError(400, f"prompt: expected a non-empty string or a list of 1 to {MAX_N} of them", param="prompt")
         prompts = [[tokenizer.bos_id, *tokenizer.encode(t)] for t in texts]
         return await respond(req, prompts, req.max_tokens, chat=False)
 

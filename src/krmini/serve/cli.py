@@ -14,7 +14,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "serve", help="API 서버·웹 채팅 / OpenAI-compatible server and web chat page",
         description="Serve a chat model: POST /v1/chat/completions and /v1/completions (stream or not), "
-        "GET /v1/models, GET /health, and a web chat page at /. Binds 127.0.0.1 unless --host says otherwise.",
+        "GET /v1/models, GET /health, GET /openapi.json, and a web chat page at /. Binds 127.0.0.1 unless --host says otherwise.",
     )
     p.add_argument("model", metavar="RUN", help="SFT run or checkpoint directory")
     p.add_argument("--adapter", help="LoRA adapter directory to load onto RUN (a base model)")

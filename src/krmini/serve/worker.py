@@ -15,14 +15,16 @@ others finish normally. Only a failure of the shared forward pass fails the whol
 
 from __future__ import annotations
 
+import logging
 import queue
-import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from krmini.infer.engine import Engine
 from krmini.infer.sampling import SamplingConfig
+
+log = logging.getLogger("krmini.serve")  # the server's log: what a client is not told
 
 
 @dataclass
@@ -111,4 +113,4 @@ class Worker:
 
 def log_failure(exc: Exception, what: str) -> None:
     """The details go to the server's log; clients get a plain "internal server error"."""
-    print(f"krmini serve: {what} failed inside the engine: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+    log.error("%s failed inside the engine: %s: %s", what, type(exc).__name__, exc)
