@@ -67,6 +67,16 @@ def test_staged_writes_refuse_existing_targets_without_force(tmp_path):
     assert (tmp_path / "f").read_text(encoding="utf-8") == "keep"
 
 
+@pytest.mark.parametrize("force", [False, True])
+def test_a_file_write_onto_a_directory_is_refused_without_suggesting_force(tmp_path, force):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x").write_text("keep", encoding="utf-8")
+    with pytest.raises(KrminiError) as caught, staged_file(tmp_path / "d", force=force):
+        pytest.fail("the body must not run")
+    assert str(caught.value) == f"{tmp_path / 'd'}: is a directory; expected a file name"
+    assert (tmp_path / "d" / "x").read_text(encoding="utf-8") == "keep"
+
+
 def test_interrupted_write_leftover_is_cleared_and_never_read(tmp_path):
     """A SIGKILL mid-write leaves `name.tmp`; readers skip it and the next write replaces it."""
     root = tmp_path / "checkpoints"

@@ -118,9 +118,10 @@ def staged_file(path: str | Path, force: bool = False, inputs: Iterable[str | Pa
     """Yield a temporary file path to write (and close); when the body returns it replaces `path`
     (checked against `inputs` as in `staged_dir`)."""
     path = Path(path)
-    check_target(path, force, inputs)
-    if path.is_dir():
+    refuse_overlap(path, inputs)
+    if path.is_dir():  # before check_target: --force never replaces a directory with a file
         raise KrminiError(f"{path}: is a directory; expected a file name")
+    check_target(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     _remove(tmp)
