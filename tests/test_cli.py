@@ -60,7 +60,11 @@ def test_model_info_prints_counts_and_memory(capsys):
 def test_generate_errors(tiny_run, tmp_path, capsys):
     assert "no checkpoint found" in error_of(["generate", str(tmp_path), "--prompt", "안녕"], capsys)
     long_prompt = "대한민국 " * 400
-    assert "but the model's context is 256" in error_of(["generate", str(tiny_run), "--prompt", long_prompt], capsys)
+    error = error_of(["generate", str(tiny_run), "--prompt", long_prompt], capsys)
+    assert "but the model's context is 256" in error and error.endswith("pass --truncate left to keep its end")
+    assert "truncate='left'" not in error
+    batch = error_of(["generate", str(tiny_run), "--prompt", "국회는", "--prompt", long_prompt], capsys)
+    assert batch.endswith("pass --truncate left to keep its end")
 
 
 def test_generate_streams_korean(tiny_run, capsys):

@@ -18,6 +18,7 @@ from krmini.runs import (
     resolve_checkpoint,
     staged_dir,
     staged_file,
+    staged_files,
     write_json_atomic,
     write_state,
     write_text_atomic,
@@ -65,6 +66,41 @@ def test_staged_writes_refuse_existing_targets_without_force(tmp_path):
         pytest.fail("the body must not run")
     assert (tmp_path / "d" / "x").read_text(encoding="utf-8") == "keep"
     assert (tmp_path / "f").read_text(encoding="utf-8") == "keep"
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_file_write_onto_a_directory_is_refused_without_suggesting_force(tmp_path, force):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x").write_text("keep", encoding="utf-8")
+    with pytest.raises(KrminiError) as caught, staged_file(tmp_path / "d", force=force):
+        pytest.fail("the body must not run")
+    assert str(caught.value) == f"{tmp_path / 'd'}: is a directory; expected a file name"
+    assert (tmp_path / "d" / "x").read_text(encoding="utf-8") == "keep"
+
+
+def test_staged_files_move_in_last_and_keep_the_other_files(tmp_path):
+    data = tmp_path / "data"
+    with staged_files(data, lambda n: n.startswith("a_"), "m.json") as tmp:
+        (tmp / "a_0").write_text("new 0", encoding="utf-8")
+        (tmp / "m.json").write_text("{}", encoding="utf-8")
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["data"]  # absent before: one rename
+    (data / "a_1").write_text("stale", encoding="utf-8")
+    (data / "b_0").write_text("other part", encoding="utf-8")
+    with pytest.raises(Boom), staged_files(data, lambda n: n.startswith("a_"), "m.json") as tmp:
+        (tmp / "a_0").write_text("half", encoding="utf-8")
+        raise Boom
+    assert sorted(f.name for f in data.iterdir()) == ["a_0", "a_1", "b_0", "m.json"]  # untouched
+    assert (data / "a_0").read_text(encoding="utf-8") == "new 0"
+    with staged_files(data, lambda n: n.startswith("a_"), "m.json") as tmp:
+        (tmp / "a_0").write_text("newer 0", encoding="utf-8")
+        (tmp / "m.json").write_text('{"v": 2}', encoding="utf-8")
+    assert {f.name: f.read_text(encoding="utf-8") for f in data.iterdir()} == {
+        "a_0": "newer 0", "b_0": "other part", "m.json": '{"v": 2}'}  # a_1 was this output's: gone
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["data"]
+    (tmp_path / "file").write_text("x", encoding="utf-8")
+    with pytest.raises(KrminiError, match="file: exists and is not a directory"), \
+            staged_files(tmp_path / "file", lambda n: True, "m.json"):
+        pytest.fail("the body must not run")
 
 
 def test_interrupted_write_leftover_is_cleared_and_never_read(tmp_path):

@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
+from krmini.cli import main
 from krmini.config import load_yaml
 from krmini.data.prepare import PrepareConfig, prepare
 from krmini.data.shards import FORMAT_VERSION, write_manifest
@@ -127,10 +128,30 @@ def test_unknown_or_mistyped_config_keys_are_refused(tmp_path):
         load_run_config("tiny", ["model.hidden_size=100"])
     with pytest.raises(KrminiError, match=r"train.seq_len 512 exceeds"):
         load_run_config("tiny", ["train.seq_len=512"])
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (b"model: [1, 2\n", ":2: not valid YAML: expected ',' or ']', but got '<stream end>'"),
+    (b"train:\n\tmax_steps: 2\n", ":2: not valid YAML: found character '\\t' that cannot start any token "
+                                   "(YAML indents with spaces, not tabs)"),
+    (b"train:\n  lr: 1\n bad: 2\n", ":3: not valid YAML: expected <block end>, but found '<block mapping start>' "
+                                    "(check the indentation)"),
+    (b"a: 1\nb: \x00\n", ":2: not valid YAML: unacceptable character #x0000: special characters are not allowed"),
+    ("train:\n  name: 한국어\n".encode("cp949"), ":2: not UTF-8 text (byte 0xc7 at offset 15); save the file as UTF-8"),
+])
+def test_a_malformed_config_names_its_line(tmp_path, capsys, text, message):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("model: [1, 2\n", encoding="utf-8")
-    with pytest.raises(KrminiError, match="bad.yaml: not valid UTF-8 YAML"):
+    bad.write_bytes(text)
+    with pytest.raises(KrminiError) as caught:
         load_yaml(bad)
+    assert str(caught.value) == f"{bad}{message}"
+    assert main(["train", "--config", str(bad)]) == 1
+    assert capsys.readouterr().err == f"krmini: error: {bad}{message}\n"
+
+
+def test_an_override_that_is_not_yaml_is_one_line():
+    with pytest.raises(KrminiError, match=r"^override 'train.lr=\[1': the value is not valid YAML: expected ','"):
+        load_run_config("tiny", ["train.lr=[1"])
 
 
 def test_lr_schedule_warms_up_then_decays_to_the_floor():

@@ -21,14 +21,32 @@ from krmini.errors import KrminiError
 T = TypeVar("T")
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's reason for rejecting a text, in one line."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    if r"'\t'" in problem:
+        return f"{problem} (YAML indents with spaces, not tabs)"
+    return f"{problem} (check the indentation)" if "<block end>" in problem else problem
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise KrminiError(f"{path}: config file not found")
+    raw = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise KrminiError(f"{path}: not valid UTF-8 YAML ({str(exc).splitlines()[0]})") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise KrminiError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+                          "save the file as UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)  # PyYAML counts lines from 0
+        line = mark.line + 1 if mark is not None else text.count("\n", 0, getattr(exc, "position", 0)) + 1
+        where = f"{path}:{line}"
+        raise KrminiError(f"{where}: not valid YAML: {_yaml_problem(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -48,7 +66,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise KrminiError(f"override {item!r}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise KrminiError(f"override {item!r}: the value is not valid YAML: {_yaml_problem(exc)}") from None
     return data
 
 

@@ -16,6 +16,7 @@ import torch
 from krmini.chat.load import load_chat_model
 from krmini.chat.repl import ChatSession
 from krmini.chat.template import prompt_ids, stop_ids
+from krmini.errors import KrminiError
 from krmini.infer.build import build_engine
 from krmini.infer.generate import SamplingConfig
 
@@ -126,3 +127,13 @@ def test_a_bad_temperature_is_one_line_and_the_conversation_survives(engine, cap
         assert session.sampling.temperature == 0.0
     assert "temperature: expected a finite number" in (session.command("/temp nan") and capsys.readouterr().out)
     assert "".join(session.reply("고마워")) and len(session.history) == 4
+
+
+def test_a_message_longer_than_the_context_is_one_line_in_the_repl_s_words(engine):
+    session = ChatSession(engine, greedy())
+    with pytest.raises(KrminiError) as caught:
+        list(session.reply("안녕하세요 " * 300))
+    message, context = str(caught.value), engine.context
+    assert message.startswith("message: ") and message.endswith(
+        f"tokens with the system prompt; the {context}-token context holds at most {context - 1}; send a shorter message")
+    assert "truncate" not in message and session.history == []

@@ -104,12 +104,41 @@ def test_bad_records_are_skipped_and_counted_or_fatal_when_strict(tmp_path, toke
     assert any(e.startswith(f"{gz}:") and "rest of the file skipped" in e for e in problems["examples"])
 
     capsys.readouterr()
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
     assert run_cli(bad, "--tokenizer", tokenizer_dir, "--out", out, "--strict") == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"krmini: error: {bad}:11: not valid JSON (") and err.endswith("column 17) (stopped: --strict)")
-    assert not (out / "manifest.json").exists()  # the failed run removed the old commit point first
-    with pytest.raises(Exception, match="no manifest"):
-        read_manifest(out)
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before  # the failed run left the old output as it was
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["bad.jsonl", "corpus.jsonl", "cut.jsonl.gz", "out"]
+
+
+@pytest.mark.parametrize(("case", "error"), [
+    ("bad line", ":57: not valid JSON"), ("no text field", "files: no usable documents"),
+    ("one split empty", "files: only 2 documents, none fell in the val split"),
+])
+def test_a_failed_prepare_leaves_no_output(tmp_path, tokenizer_dir, capsys, case, error):
+    path, docs = corpus(tmp_path, n=50)
+    bad = tmp_path / "bad.jsonl"
+    strict = ["--strict"] if case == "bad line" else []
+    if case == "bad line":  # fatal under --strict, after the 56 lines before it were read
+        bad.write_bytes(path.read_bytes() + b'{"text": "broken\n')
+    elif case == "no text field":  # chat records given to pretraining's prepare: every one skipped
+        bad.write_text("".join(json.dumps({"messages": [{"role": "user", "content": d}]}, ensure_ascii=False) + "\n"
+                               for d in docs), encoding="utf-8")
+    else:  # val (chosen by hash) gets neither of 2 documents
+        bad.write_text("".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs[:2]), encoding="utf-8")
+    out = tmp_path / "new" / "data"
+    assert run_cli(bad, "--tokenizer", tokenizer_dir, "--out", out, *strict) == 1
+    assert error in capsys.readouterr().err
+    assert not out.exists() and list((tmp_path / "new").iterdir()) == []  # no directory, no temporary left
+
+    assert run_cli(path, "--tokenizer", tokenizer_dir, "--out", out, "--val-fraction", 0.2) == 0
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    assert "manifest.json" in before and any(n.startswith("train_") for n in before)
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
+    assert run_cli(bad, "--tokenizer", tokenizer_dir, "--out", out, *strict) == 1
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == {**before, "notes.txt": b"mine"}  # as it was
+    assert [f.name for f in (tmp_path / "new").iterdir()] == ["data"]
 
 
 def test_clean_documents_keeps_its_call_signature(tmp_path):

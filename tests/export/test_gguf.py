@@ -132,6 +132,22 @@ def test_refuses_existing_file(tiny_run, tmp_path, capsys):
     assert out.read_bytes()[:4] == b"GGUF"
 
 
+def test_a_directory_target_gets_the_file_inside_it(tiny_run, tmp_path, capsys):
+    out = tmp_path / "models"
+    out.mkdir()
+    (out / "other.txt").write_text("keep", encoding="utf-8")
+    inside = out / f"{tiny_run.name}-q8_0.gguf"
+    assert main(["export", "gguf", str(tiny_run), str(out), "--type", "q8_0"]) == 0
+    assert f"→ {inside} (" in capsys.readouterr().out and inside.read_bytes()[:4] == b"GGUF"
+    assert sorted(p.name for p in out.iterdir()) == sorted(["other.txt", inside.name])
+    assert main(["export", "gguf", str(tiny_run), str(out), "--type", "q8_0"]) == 1  # the file exists now
+    assert capsys.readouterr().err == f"krmini: error: {inside}: already exists; choose another path or pass --force to replace it\n"
+    assert main(["export", "gguf", str(tiny_run), str(out), "--type", "q8_0", "--force"]) == 0
+    assert (out / "other.txt").read_text(encoding="utf-8") == "keep" and inside.read_bytes()[:4] == b"GGUF"
+    assert main(["export", "gguf", str(tiny_run), str(tiny_run), "--force"]) == 1  # inside the run it reads
+    assert "lies inside the input" in capsys.readouterr().err and not (tiny_run / f"{tiny_run.name}-f16.gguf").exists()
+
+
 @pytest.mark.parametrize("kind", ["f32", "f16", "bf16"])
 def test_llama_cpp_reproduces_our_greedy_tokens(loaded, tmp_path, kind):
     llama_cpp = pytest.importorskip(

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from krmini.errors import KrminiError
-from krmini.infer.engine import DecodeBatch, Engine
+from krmini.infer.engine import DecodeBatch, Engine, PromptTooLong, fit_prompt
 from krmini.infer.generate import generate_ids, generate_text, stream_text
 from krmini.infer.load import load_model
 from krmini.infer.sampling import SamplingConfig, apply_penalties
@@ -165,11 +165,25 @@ def test_empty_prompt_is_rejected(trained, small_model):
 
 def test_long_prompt_errors_or_truncates_left(small_model):
     long = list(range(3, 63))  # 60 tokens, context 48
-    with pytest.raises(KrminiError, match="context is 48"):
+    with pytest.raises(PromptTooLong, match=r"context is 48 .* pass truncate='left' to keep its end$"):
         list(generate_ids(small_model, long, GREEDY))
     cfg = SamplingConfig(max_new_tokens=5, temperature=0, truncate="left")
     kept = list(generate_ids(small_model, long, cfg))
-    assert kept == list(generate_ids(small_model, long[-47:], cfg)) and len(kept) == 1  # one free position
+    assert kept == list(generate_ids(small_model, long[-43:], cfg)) and len(kept) == 5  # 43 + 5 = 48
+
+
+@pytest.mark.parametrize(("prompt", "asked", "kept", "generated"), [
+    (60, 5, 43, 5),  # longer than the context (48): its last 48 - 5 tokens
+    (45, 5, 43, 5),  # fits, but leaves room for 3: cut so that the 5 asked for fit
+    (10, 5, 10, 5),  # room enough: untouched
+    (60, 47, 1, 47), (60, 100, 1, 47),  # the whole context or more: one prompt token, the rest generated
+])
+def test_truncating_left_keeps_the_room_asked_for(small_model, prompt, asked, kept, generated):
+    ids = [3 + i % 290 for i in range(prompt)]
+    cfg = SamplingConfig(max_new_tokens=asked, temperature=0, truncate="left")
+    assert fit_prompt(ids, 48, cfg) == ids[prompt - kept:]
+    out = list(generate_ids(small_model, ids, cfg))  # no stop ids: every step yields a token
+    assert len(out) == generated and out == list(generate_ids(small_model, ids[prompt - kept:], cfg))
 
 
 def test_generate_cli_batches_prompts(tiny_run, capsys):

@@ -7,10 +7,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from krmini.cli import main
-from krmini.lab.char_gpt import CharGPT, GPTConfig, TrainConfig, lr_at, train
-from krmini.lab.chardata import load_text
+from krmini.errors import KrminiError
+from krmini.lab.char_gpt import (
+    SETUP_FILE,
+    WEIGHTS_FILE,
+    CharGPT,
+    GPTConfig,
+    TrainConfig,
+    load_char_gpt,
+    lr_at,
+    train,
+)
+from krmini.lab.chardata import KOREAN_SAMPLE, load_text
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 SHAKESPEARE = SHARED / "tinyshakespeare" / "input.txt"
@@ -36,6 +47,27 @@ def test_causal_and_plotted_weights_equal_fused_attention():
     changed = idx.clone()
     changed[:, 10:] = (changed[:, 10:] + 1) % 11
     assert (model(changed)[:, :10] - fused[:, :10]).abs().max() == 0  # the future cannot leak back
+
+
+def test_the_model_is_saved_as_safetensors_and_json_and_loads_back(tmp_path):
+    text = KOREAN_SAMPLE * 3
+    cfg = GPTConfig(block=16, n_layer=1, n_head=2, n_embd=32)
+    train(text, cfg, TrainConfig(iters=3, eval_interval=3, eval_batches=1), tmp_path, log=lambda _: None)
+    assert not list(tmp_path.glob("*.pt"))
+    with safe_open(tmp_path / WEIGHTS_FILE, "pt") as weights:  # the tied output matrix is stored once
+        tied = [weights.get_tensor(n) for n in ("head.weight", "tok.weight") if n in set(weights.keys())]
+        assert [t.shape for t in tied] == [(cfg.vocab, 32)]
+    setup = json.loads((tmp_path / SETUP_FILE).read_text(encoding="utf-8"))
+    assert setup["model"]["vocab"] == len(set(text)) and "".join(setup["chars"]) == "".join(sorted(set(text)))
+    model, vocab = load_char_gpt(tmp_path)
+    assert model.cfg == cfg and vocab.chars == sorted(set(text)) and not model.training
+    assert model.head.weight is model.tok.weight
+    first = torch.tensor(vocab.encode(text[int(0.9 * len(text))]))[None]  # how train() drew sample.txt
+    again = vocab.decode(model.generate(first, 300, generator=torch.Generator().manual_seed(0))[0])
+    assert again == (tmp_path / "sample.txt").read_text(encoding="utf-8")  # the same weights came back
+    (tmp_path / WEIGHTS_FILE).write_bytes(b"not safetensors")
+    with pytest.raises(KrminiError, match=rf"{WEIGHTS_FILE}: does not fit"):
+        load_char_gpt(tmp_path)
 
 
 def test_learning_rate_schedule():
@@ -65,7 +97,8 @@ def test_cli_on_korean_novels(tmp_path, capsys):
     start, end = metrics["history"][0]["val"], metrics["val_loss"]
     assert start == pytest.approx(math.log(metrics["vocab"]), abs=0.15)
     assert end < start - 2.5, (start, end)  # measured 7.11 → 3.92
-    assert (tmp_path / "ckpt.pt").is_file() and (tmp_path / "sample.txt").read_text(encoding="utf-8")
+    assert (tmp_path / WEIGHTS_FILE).is_file() and (tmp_path / "sample.txt").read_text(encoding="utf-8")
+    assert load_char_gpt(tmp_path)[0].cfg.vocab == metrics["vocab"]
     assert "val loss" in capsys.readouterr().out
 
 

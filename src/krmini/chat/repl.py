@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 
 from krmini.chat.template import fit_history, prompt_budget, prompt_ids
 from krmini.errors import KrminiError
-from krmini.infer.engine import Engine
+from krmini.infer.engine import Engine, PromptTooLong
 from krmini.infer.sampling import SEED_LIMIT, SamplingConfig
 
 try:  # noqa: SIM105 - readline gives input() line editing where the platform has it
@@ -48,12 +48,13 @@ class ChatSession:
             self.history = self.history[dropped:]
             notice(f"(문맥 길이를 넘어 오래된 메시지 {dropped}개를 뺐습니다 / dropped the {dropped} oldest "
                    f"messages to fit the {context}-token context)")
-        ids = prompt_ids(tokenizer, messages)
-        if len(ids) >= context:
-            raise KrminiError(f"message: {len(ids)} tokens with the system prompt, more than the "
-                              f"{context}-token context; send a shorter message")
+        try:
+            stream = self.engine.stream(prompt_ids(tokenizer, messages), self.sampling)
+        except PromptTooLong as exc:
+            raise KrminiError(f"message: {exc.tokens} tokens with the system prompt; the {exc.context}-token "
+                              f"context holds at most {exc.context - 1}; send a shorter message") from None
         pieces = []
-        for piece in self.engine.stream(ids, self.sampling):
+        for piece in stream:
             pieces.append(piece)
             yield piece
         self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": "".join(pieces)}]

@@ -6,9 +6,9 @@ sources and, in input order, makes every decision that depends on earlier docume
 near duplicates, the mix, the split — and writes. So the output is byte-identical for any number
 of workers. Memory grows only by a 16-byte digest and a few band keys per kept document.
 
-The manifest is the commit point: the old one is deleted before anything is written and the new
-one is written (atomically) last, so a run that stops half way leaves no directory a training run
-would accept.
+The output is built in a temporary sibling directory and moved into place when complete, its
+manifest (the commit point) last: a run that fails or stops half way leaves the output directory as
+it was — absent, or holding the previous output — and never one a training run would half accept.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import os
 import re
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from krmini.data.readers import ReadProblems, read_documents
 from krmini.data.shards import FORMAT_VERSION, MANIFEST, ShardWriter, SplitStats, token_dtype, write_manifest
 from krmini.data.split import SPLITS, document_digest, split_of
 from krmini.errors import KrminiError
+from krmini.runs import staged_files
 from krmini.tokenizer import KoTokenizer
 
 EXAMPLES_PER_REASON = 3
@@ -195,13 +197,11 @@ def _part_names(config: PrepareConfig) -> tuple[str, str]:
     return f"{part}_", f"manifest.{part}.json"
 
 
-def _clear_previous(out: Path, prefix: str, manifest_name: str) -> None:
-    """Remove the old manifest first (no half-new directory can look complete), then its shards."""
-    (out / manifest_name).unlink(missing_ok=True)
-    pattern = re.compile(rf"^{re.escape(prefix)}(train|val|test)_\d{{5}}\.bin(\.tmp)?$")
-    for f in out.iterdir():
-        if pattern.match(f.name):
-            f.unlink()
+def _previous_output(prefix: str, manifest_name: str) -> Callable[[str], bool]:
+    """Which names in an existing output directory the new output replaces: this part's manifest and
+    shards (and what a killed write left of them); other parts' files and anything else stay."""
+    pattern = re.compile(rf"^({re.escape(manifest_name)}|{re.escape(prefix)}(train|val|test)_\d{{5}}\.bin)(\.tmp)?$")
+    return lambda name: pattern.match(name) is not None
 
 
 def _chunks(sources: list[SourceConfig], problems: ReadProblems, config: PrepareConfig, acc: Accounting,
@@ -239,16 +239,22 @@ def prepare(inputs: list, tokenizer: KoTokenizer, tokenizer_path: str, out_dir: 
     config = config or PrepareConfig()
     config.validate()
     sources = _as_sources(inputs, config)
+    prefix, manifest_name = _part_names(config)
+    # Built in a temporary sibling and moved in when complete: a failed run leaves no output (or the old one).
+    stage = nullcontext() if dry_run else staged_files(out_dir, _previous_output(prefix, manifest_name), manifest_name)
+    with stage as out:
+        return _run(sources, tokenizer, tokenizer_path, config, out, progress)
+
+
+def _run(sources: list[SourceConfig], tokenizer: KoTokenizer, tokenizer_path: str, config: PrepareConfig,
+         out: Path | None, progress: bool) -> dict:
+    """The pipeline, writing shards and the manifest into `out` (None: a dry run, nothing written)."""
+    dry_run = out is None
     workers = config.workers or os.cpu_count() or 1
     dtype = token_dtype(tokenizer.vocab_size)
     prefix, manifest_name = _part_names(config)
     stats = {s: SplitStats() for s in SPLITS}
-    writers: dict[str, ShardWriter] = {}
-    if not dry_run:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        _clear_previous(out, prefix, manifest_name)
-        writers = {s: ShardWriter(out, s, dtype, config.shard_tokens, stats[s], prefix) for s in SPLITS}
+    writers = {} if dry_run else {s: ShardWriter(out, s, dtype, config.shard_tokens, stats[s], prefix) for s in SPLITS}
     acc = Accounting(sources, keep_examples=dry_run)
     problems = ReadProblems(strict=config.strict)
     setup = WorkerSetup(tokenizer.tok.to_str(), config.filters, config.dedup, dtype.name, config.min_chars,
@@ -318,8 +324,7 @@ def prepare(inputs: list, tokenizer: KoTokenizer, tokenizer_path: str, out_dir: 
         bar.close()
     for w in writers.values():
         w.close()
-    return _finish(sources, tokenizer, tokenizer_path, config, acc, problems, stats, start, dtype,
-                   None if dry_run else Path(out_dir), manifest_name)
+    return _finish(sources, tokenizer, tokenizer_path, config, acc, problems, stats, start, dtype, out, manifest_name)
 
 
 def _finish(sources, tokenizer, tokenizer_path, config, acc, problems, stats, start, dtype, out, manifest_name) -> dict:

@@ -139,8 +139,8 @@ def write_gguf(model: LlamaModel, vocab: GGUFVocab, out: Path, kind: str = "f16"
     c = model.config
     file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                  "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[kind]
-    if out.is_dir():
-        raise KrminiError(f"{out}: is a directory; expected a file name such as model.gguf")
+    if out.is_dir():  # a directory says where the file goes, as with cp
+        out = out / f"{name}-{kind}.gguf"
     with staged_file(out, force, inputs) as tmp:
         writer = gguf.GGUFWriter(str(tmp), "llama")
         writer.add_name(name)

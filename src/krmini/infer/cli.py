@@ -11,6 +11,7 @@ import torch
 from krmini.config import from_dict
 from krmini.errors import KrminiError
 from krmini.infer.build import build_engine
+from krmini.infer.engine import PromptTooLong
 from krmini.infer.fast.quantize import quantize_model, save_int8
 from krmini.infer.load import load_model
 from krmini.infer.sampling import TRUNCATE_MODES, SamplingConfig
@@ -76,17 +77,24 @@ def run_generate(args) -> int:
     cfg = sampling_from_args(args)
     cfg.validate()  # before the model loads: a bad value costs nothing
     engine = build_engine(args.model, args.device, args.dtype, args.compile)
-    if len(args.prompt) == 1:
-        pieces = engine.stream(args.prompt[0], cfg)  # checks the request before anything is printed
-        sys.stdout.write(args.prompt[0])
+    try:
+        return _generate(engine, args.prompt, cfg)
+    except PromptTooLong as exc:
+        raise exc.worded("--truncate left") from None
+
+
+def _generate(engine, prompts: list[str], cfg: SamplingConfig) -> int:
+    if len(prompts) == 1:
+        pieces = engine.stream(prompts[0], cfg)  # checks the request before anything is printed
+        sys.stdout.write(prompts[0])
         for piece in pieces:
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")
         return 0
     failed = 0
-    completions = engine.generate_batch([(p, cfg) for p in args.prompt])
-    for i, (prompt, done) in enumerate(zip(args.prompt, completions, strict=True), 1):
+    completions = engine.generate_batch([(p, cfg) for p in prompts])
+    for i, (prompt, done) in enumerate(zip(prompts, completions, strict=True), 1):
         if done.error is not None:  # it failed alone: the other prompts' continuations still print
             failed += 1
             print(f"krmini: error: prompt {i} failed: {type(done.error).__name__}: {done.error}", file=sys.stderr)

@@ -38,16 +38,32 @@ from krmini.tokenizer import KoTokenizer
 Prompt = str | list[int]
 
 
-def fit_prompt(ids: list[int], context: int, truncate: str) -> list[int]:
-    """Apply the context rule: a prompt needs at least one free position for a new token."""
+class PromptTooLong(KrminiError):
+    """A prompt that leaves no position for a new token. Its message tells the Python API's way out
+    (truncate='left'); each front door names its own with `worded` (the CLI: `--truncate left`)."""
+
+    def __init__(self, tokens: int, context: int, option: str = "truncate='left'") -> None:
+        self.tokens, self.context = tokens, context
+        super().__init__(f"prompt: {tokens} tokens, but the model's context is {context} (at most {context - 1} "
+                         f"prompt tokens); shorten it or pass {option} to keep its end")
+
+    def worded(self, option: str) -> PromptTooLong:
+        """The same error, naming the front door's spelling of the `truncate` setting."""
+        return PromptTooLong(self.tokens, self.context, option)
+
+
+def fit_prompt(ids: list[int], context: int, cfg: SamplingConfig) -> list[int]:
+    """Apply the context rule: a prompt needs at least one free position for a new token. With
+    truncate="left" a prompt keeps its last context − max_new_tokens tokens (at least one), so the
+    request still gets the room it asks for; otherwise `max_new_tokens` is capped by what is left."""
     if not ids:
         raise KrminiError("prompt: empty; give at least one token of text")
-    if len(ids) < context:
-        return ids
-    if truncate == "left":
-        return ids[len(ids) - (context - 1):]
-    raise KrminiError(f"prompt: {len(ids)} tokens, but the model's context is {context} (at most "
-                      f"{context - 1} prompt tokens); shorten it or pass truncate='left' to keep its end")
+    if cfg.truncate == "left":
+        keep = max(context - cfg.max_new_tokens, 1)
+        return ids[len(ids) - keep:] if len(ids) > keep else ids
+    if len(ids) >= context:
+        raise PromptTooLong(len(ids), context)
+    return ids
 
 
 def kv_cache_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
@@ -275,7 +291,7 @@ class Engine:
                 ids = [self.tokenizer.bos_id, *ids]
         else:
             ids = list(prompt)
-        return fit_prompt(ids, self.context, cfg.truncate)
+        return fit_prompt(ids, self.context, cfg)
 
     def stream_batch(self, requests: list[tuple[Prompt, SamplingConfig]]) -> Iterator[StreamEvent]:
         """Run several requests in one batch, yielding each sequence's text as it grows."""

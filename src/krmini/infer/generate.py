@@ -21,7 +21,7 @@ def generate_ids(model: LlamaModel, prompt_ids: list[int], cfg: SamplingConfig,
                  stop_ids: set[int] = frozenset(), decoder: Decoder | None = None) -> Iterator[int]:
     """Yield new token ids one at a time; stops at a stop id (not yielded) or the length limit."""
     cfg.validate()
-    ids = fit_prompt(list(prompt_ids), model.config.max_position_embeddings, cfg.truncate)
+    ids = fit_prompt(list(prompt_ids), model.config.max_position_embeddings, cfg)
     batch = DecodeBatch(model, [ids], [cfg], stop_ids, decoder)
     while batch.running:
         for _, tid, _ in batch.step():

@@ -37,7 +37,7 @@ class SamplingConfig:
     presence_penalty: float = 0.0  # subtract penalty once a token has been generated at all
     stop: tuple[str, ...] = ()  # stop strings: output ends before the first one (not included)
     n: int = 1  # samples per prompt; they share one prefill
-    truncate: str = "error"  # prompt longer than the context: "error", or "left" = keep its last tokens
+    truncate: str = "error"  # prompt too long: "error", or "left" = keep its last context - max_new_tokens
 
     def validate(self) -> None:
         """Every value finite, of its type and in range; the one check the CLI, the REPL, the server and

@@ -20,11 +20,18 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
 from torch import nn
 
+from krmini.config import from_dict
 from krmini.errors import KrminiError
 from krmini.lab.chardata import CharVocab
 from krmini.lab.plotting import plot_attention
+from krmini.runs import read_json, staged_file, write_json_atomic
+
+WEIGHTS_FILE = "model.safetensors"
+SETUP_FILE = "model.json"  # GPTConfig and the vocabulary (characters in id order)
 
 
 @dataclass
@@ -217,7 +224,7 @@ def train(text: str, cfg: GPTConfig, tc: TrainConfig, out: Path, log=print) -> d
     seconds = time.perf_counter() - start
 
     out.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict(), "config": asdict(cfg), "chars": vocab.chars}, out / "ckpt.pt")
+    save_char_gpt(model, vocab, out)
     prompt = val_data[: cfg.block][None]
     model.eval()
     sample = vocab.decode(model.generate(prompt[:, :1], 300, generator=torch.Generator().manual_seed(0))[0])
@@ -237,6 +244,30 @@ def train(text: str, cfg: GPTConfig, tc: TrainConfig, out: Path, log=print) -> d
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
     return metrics
+
+
+def save_char_gpt(model: CharGPT, vocab: CharVocab, out: Path) -> None:
+    """Weights as safetensors (the tied output matrix stored once), config and vocabulary as JSON."""
+    with staged_file(out / WEIGHTS_FILE, force=True) as tmp:
+        save_model(model, str(tmp))
+    write_json_atomic(out / SETUP_FILE, {"model": asdict(model.cfg), "chars": vocab.chars})
+
+
+def load_char_gpt(directory: str | Path) -> tuple[CharGPT, CharVocab]:
+    """The model and vocabulary `train` saved in `directory`, in eval mode."""
+    setup_path, weights = Path(directory) / SETUP_FILE, Path(directory) / WEIGHTS_FILE
+    setup = read_json(setup_path, "not found; expected a directory written by `krmini lab char-gpt`")
+    model = CharGPT(from_dict(GPTConfig, setup.get("model"), f"{setup_path}: model"))
+    chars = setup.get("chars")
+    if not isinstance(chars, list) or len(chars) != model.cfg.vocab:
+        raise KrminiError(f"{setup_path}: chars: expected a list of {model.cfg.vocab} characters")
+    if not weights.is_file():
+        raise KrminiError(f"{weights}: not found; expected a directory written by `krmini lab char-gpt`")
+    try:
+        load_model(model, str(weights))
+    except (SafetensorError, RuntimeError) as exc:
+        raise KrminiError(f"{weights}: does not fit {setup_path} ({str(exc).splitlines()[0]})") from None
+    return model.eval(), CharVocab("".join(chars))
 
 
 @torch.no_grad()

@@ -199,7 +199,7 @@ def run_numpy_lm(args) -> int:
 
 
 def run_char_gpt(args) -> int:
-    from krmini.lab.char_gpt import GPTConfig, TrainConfig, train
+    from krmini.lab.char_gpt import SETUP_FILE, WEIGHTS_FILE, GPTConfig, TrainConfig, train
     from krmini.lab.chardata import load_text
 
     text = load_text(args.data, args.field, args.max_chars)
@@ -212,6 +212,7 @@ def run_char_gpt(args) -> int:
         f"val loss {metrics['val_loss']:.4f}, train loss {metrics['train_loss']:.4f}, {metrics['wall_seconds']}s"
     )
     print(
-        f"wrote {args.out}/ckpt.pt, metrics.json, sample.txt, {len(metrics['attention_pngs'])} attention PNGs"
+        f"wrote {args.out}/{WEIGHTS_FILE}, {SETUP_FILE}, metrics.json, sample.txt, "
+        f"{len(metrics['attention_pngs'])} attention PNGs"
     )
     return 0

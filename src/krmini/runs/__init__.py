@@ -29,6 +29,7 @@ from krmini.runs.staged import (
     refuse_overlap,
     staged_dir,
     staged_file,
+    staged_files,
     temp_path,
     write_bytes_atomic,
     write_json_atomic,
@@ -48,6 +49,6 @@ __all__ = [
     "ADAPTER_CONFIG", "ADAPTER_DIR", "ADAPTER_FILE", "CHECKPOINTS_DIR", "CONFIG_FILE", "LATEST", "MODEL_FILE",
     "OPTIM_FILE", "STATE_FILE", "TOKENIZER_DIR", "check_target", "complete_checkpoints", "corrupt_file",
     "fsync_dir", "is_intact", "last_good_checkpoint", "lora_section", "read_json", "read_state", "refuse_overlap", "resolve_checkpoint", "run_dir",
-    "sha256_file", "staged_dir", "staged_file", "step_name", "temp_path", "write_bytes_atomic",
+    "sha256_file", "staged_dir", "staged_file", "staged_files", "step_name", "temp_path", "write_bytes_atomic",
     "write_json_atomic", "write_state", "write_text_atomic",
 ]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -114,13 +114,51 @@ def staged_dir(path: str | Path, force: bool = False, inputs: Iterable[str | Pat
 
 
 @contextmanager
+def staged_files(directory: str | Path, replaces: Callable[[str], bool], last: str) -> Iterator[Path]:
+    """Yield an empty temporary sibling of `directory` to build some of its files in; when the body
+    returns they move into `directory`, whose other files stay (one machine's part of a data directory).
+
+    A `directory` that does not exist becomes the temporary by one rename. In one that exists, the
+    names `replaces` matches go first — the old `last` before all: it is the commit point, so a half
+    moved directory never looks complete — then the new files move in, `last` at the end. If the body
+    raises, the temporary is removed and `directory` is untouched (or still absent).
+    """
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise KrminiError(f"{directory}: exists and is not a directory; expected a directory to write into")
+    tmp = directory.with_name(f"{directory.name}.{Path(last).stem}{TMP_SUFFIX}")  # one per part: parts may run at once
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    _remove(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if not directory.exists():
+        os.replace(tmp, directory)
+        fsync_dir(directory.parent)
+        return
+    (directory / last).unlink(missing_ok=True)
+    for old in directory.iterdir():
+        if replaces(old.name) and not old.is_dir():
+            old.unlink()
+    for new in sorted(tmp.iterdir(), key=lambda f: f.name == last):
+        os.replace(new, directory / new.name)
+    fsync_dir(directory)
+    tmp.rmdir()
+
+
+@contextmanager
 def staged_file(path: str | Path, force: bool = False, inputs: Iterable[str | Path] = ()) -> Iterator[Path]:
     """Yield a temporary file path to write (and close); when the body returns it replaces `path`
     (checked against `inputs` as in `staged_dir`)."""
     path = Path(path)
-    check_target(path, force, inputs)
-    if path.is_dir():
+    refuse_overlap(path, inputs)
+    if path.is_dir():  # before check_target: --force never replaces a directory with a file
         raise KrminiError(f"{path}: is a directory; expected a file name")
+    check_target(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     _remove(tmp)

@@ -34,6 +34,7 @@ from starlette.exceptions import HTTPException
 from krmini import __version__
 from krmini.chat.template import prompt_budget, prompt_ids
 from krmini.errors import KrminiError
+from krmini.infer.engine import PromptTooLong
 from krmini.infer.sampling import SamplingConfig
 from krmini.serve import schema
 from krmini.serve.schema import ChatRequest, CompletionRequest, Message, Sampling, TokenizeRequest
@@ -191,10 +192,10 @@ def create_app(worker: Worker, model_name: str, api_key: str | None = None, defa
         for ids in prompts:
             try:
                 requests.append((engine.prepare(ids, sampling), sampling))
+            except PromptTooLong as exc:
+                raise APIError(400, f"the prompt is {exc.tokens} tokens; this model's context is {exc.context} "
+                               "tokens", param="messages", code="context_length_exceeded") from None
             except KrminiError as exc:
-                if len(ids) >= context:
-                    raise APIError(400, f"the prompt is {len(ids)} tokens; this model's context is {context} "
-                                   "tokens", param="messages", code="context_length_exceeded") from None
                 field = str(exc).split(":", 1)[0]  # the one validation names the field it rejects
                 param = {"max_new_tokens": "max_tokens"}.get(field, field) if field.isidentifier() else None
                 raise APIError(400, str(exc), param=param) from None
