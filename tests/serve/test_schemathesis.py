@@ -21,7 +21,8 @@ import pytest
 
 SEED = 20260501
 MAX_EXAMPLES = 200  # per operation and phase
-OPERATIONS = ["GET /", "GET /health", "GET /v1/models", "POST /v1/chat/completions", "POST /v1/completions"]
+OPERATIONS = ["GET /", "GET /health", "GET /v1/models", "POST /tokenize", "POST /v1/chat/completions",
+              "POST /v1/completions"]
 
 
 def body_of(data: dict | None) -> object:
