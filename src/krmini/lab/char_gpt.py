@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from krmini.argtypes import SEED_LIMIT
 from krmini.errors import KrminiError
 from krmini.lab.chardata import CharVocab
 from krmini.lab.plotting import plot_attention
@@ -194,7 +195,7 @@ def train(text: str, cfg: GPTConfig, tc: TrainConfig, out: Path, log=print) -> d
     start = time.perf_counter()
     for step in range(tc.iters + 1):
         if step % tc.eval_interval == 0 or step == tc.iters:
-            eval_gen.manual_seed(tc.seed + 1)  # the same batches every time, so evals are comparable
+            eval_gen.manual_seed((tc.seed + 1) % SEED_LIMIT)  # the same batches every time, so evals are comparable
             losses = {
                 "step": step,
                 "train": estimate_loss(model, train_data, tc, eval_gen),
