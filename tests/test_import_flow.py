@@ -2,8 +2,8 @@
 
 Layers, bottom to top:
 
-    foundation   krmini (the root __init__), krmini.errors, krmini.config, krmini.device, krmini.hardware,
-                 krmini.runs
+    foundation   krmini (the root __init__), krmini.errors, krmini.argtypes, krmini.config, krmini.device,
+                 krmini.hardware, krmini.runs
     data, tokenizer  (data may import tokenizer; tokenizer never imports data)
     model
     train
@@ -28,7 +28,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 ROOT = SRC / "krmini"
 
-FOUNDATION = {"krmini", "krmini.errors", "krmini.config", "krmini.device", "krmini.hardware", "krmini.runs"}
+FOUNDATION = {"krmini", "krmini.errors", "krmini.argtypes", "krmini.config", "krmini.device", "krmini.hardware", "krmini.runs"}
 TOP = {"krmini.cli", "krmini.demo", "krmini.doctor", "krmini.__main__"}
 RANK = {"tokenizer": 1, "data": 1, "model": 2, "train": 3, "infer": 4}
 RANK.update(dict.fromkeys(["chat", "serve", "eval", "export", "bench"], 5))

@@ -2,7 +2,8 @@
 
 Each module in `COMMAND_MODULES` has `register(subparsers)`, which adds its parser and sets
 `func` to a handler taking the parsed args and returning an exit code. Any `KrminiError` becomes
-one line on stderr and exit code 1 (`krmini.errors.exit_code`).
+one line on stderr and exit code 1 (`krmini.errors.exit_code`); a value the parser refuses (numbers are
+checked as they are parsed, `krmini.argtypes`) is one line and exit code 2.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import importlib
 import warnings
 
 from krmini import __version__
+from krmini.argtypes import Parser
 from krmini.errors import exit_code
 
 COMMAND_MODULES = [
@@ -34,7 +36,7 @@ COMMAND_MODULES = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="krmini",
         description="kr-mini-llm: 한국어 소형 LLM을 처음부터 끝까지 / build a small Korean LLM end to end",
     )

@@ -16,7 +16,7 @@ from krmini.device import pick_device
 from krmini.errors import KrminiError
 from krmini.infer.generate import SamplingConfig, stream_text
 from krmini.infer.load import load_model
-from krmini.runs import CHECKPOINTS_DIR
+from krmini.runs import CHECKPOINTS_DIR, check_output
 from krmini.tokenizer.tokenizer import KoTokenizer
 from krmini.train.config import load_run_config
 from krmini.train.trainer import train
@@ -57,6 +57,7 @@ def run(args) -> int:
     if (out / CHECKPOINTS_DIR).exists():
         raise KrminiError(f"{out}: already holds a run; remove it or pass --out to another directory")
     inputs = args.corpus or konlpy_corpus()
+    check_output(out, "dir", inputs)  # a file, or a directory holding the corpus, is refused before any work
     cfg = load_run_config(args.config, [*args.overrides, f"train.out_dir={out}", f"train.data_dir={out / 'data'}",
                                         f"train.device={args.device}"])
 

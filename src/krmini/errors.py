@@ -1,7 +1,9 @@
 """One exception type for every problem a user can fix.
 
 The CLI turns a `KrminiError` into a single line on stderr and exit code 1, so bad input never
-shows a traceback. Raise it with a message that names the file or field and what was expected.
+shows a traceback. Raise it with a message that names the file or field and what was expected. An
+`OSError` about a file (unreadable, missing, a directory where a file belongs) that no check caught
+first is one line too, naming the file.
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ def exit_code(handler: Callable[[Any], int | None], args: Any, prog: str = "krmi
         return int(handler(args) or 0)
     except KrminiError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        print(f"{prog}: error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

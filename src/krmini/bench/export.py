@@ -14,12 +14,13 @@ from pathlib import Path
 
 import torch
 
-from krmini.errors import KrminiError
+from krmini.argtypes import POSITIVE_INT, cores
 from krmini.eval.ppl import DEFAULT_PPL_DATA, read_eval_texts
 from krmini.export.gguf import GGUF_TYPES, export_gguf
 from krmini.export.hf import export_hf
 from krmini.infer.generate import SamplingConfig, generate_ids
 from krmini.infer.load import LoadedModel, load_model
+from krmini.runs import check_output, checkpoint_files, resolve_checkpoint, write_json_atomic
 
 PROMPTS = ["대한민국은", "모든 국민은 법 앞에", "국회는 국민의 보통·평등·직접·비밀선거에 의하여"]
 
@@ -29,10 +30,11 @@ def register(subparsers) -> None:
                               description="Export RUN to Hugging Face and GGUF in a temporary directory and "
                               "compare logits, greedy tokens and tokenization with our model.")
     p.add_argument("model", metavar="RUN_OR_CKPT")
-    p.add_argument("--steps", type=int, default=32, help="greedy tokens per prompt (default: 32)")
-    p.add_argument("--docs", type=int, default=200, help=f"documents of {DEFAULT_PPL_DATA.name} for the "
+    p.add_argument("--steps", type=POSITIVE_INT, default=32, help="greedy tokens per prompt (default: 32)")
+    p.add_argument("--docs", type=POSITIVE_INT, default=200, help=f"documents of {DEFAULT_PPL_DATA.name} for the "
                    "tokenizer check (default: 200; skipped when the file is absent)")
-    p.add_argument("--threads", type=int, default=1, help="torch / llama.cpp threads (default: 1)")
+    p.add_argument("--threads", type=cores(), default=1, help="torch / llama.cpp threads, at most the cores "
+                   "(default: 1)")
     p.add_argument("--json", help="also write the results here")
     p.set_defaults(func=run)
 
@@ -98,8 +100,8 @@ def gguf_round_trip(loaded: LoadedModel, path: Path, kind: str, prompts: list[li
 
 
 def run(args) -> int:
-    if args.steps < 1 or args.threads < 1:
-        raise KrminiError("--steps and --threads: expected positive integers")
+    if args.json:  # refused before the benchmark runs: a directory, or a file of the checkpoint it reads
+        check_output(args.json, "file", checkpoint_files(resolve_checkpoint(args.model)))
     torch.set_num_threads(args.threads)
     loaded = load_model(args.model, torch.device("cpu"))
     tok = loaded.tokenizer
@@ -125,5 +127,5 @@ def run(args) -> int:
                 print("gguf:", json.dumps(r, ensure_ascii=False))
     report["seconds"] = round(time.perf_counter() - start, 1)
     if args.json:
-        Path(args.json).write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        write_json_atomic(args.json, report)
     return 0

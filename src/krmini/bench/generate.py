@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import json
 import resource
 import statistics
 import tempfile
@@ -26,6 +25,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from krmini.argtypes import POSITIVE_INT, cores, integer
 from krmini.errors import KrminiError
 from krmini.infer.engine import DecodeBatch
 from krmini.infer.fast.compiled import CompiledDecoder
@@ -34,6 +34,8 @@ from krmini.infer.fast.gemv import kernel_available
 from krmini.infer.fast.quantize import int8_tensors, quantize_model
 from krmini.infer.sampling import SamplingConfig
 from krmini.model import LlamaModel
+from krmini.runs import check_output, checkpoint_files, resolve_checkpoint, write_json_atomic
+from krmini.tokenizer.tokenizer import VOCAB_SIZE
 from krmini.train.checkpoint import model_tensors
 
 GREEDY = dict(temperature=0.0)
@@ -336,11 +338,11 @@ def register(subparsers) -> None:
                               description=__doc__)
     p.add_argument("model", nargs="?", metavar="RUN_OR_CKPT", help="a trained run or checkpoint")
     p.add_argument("--preset", help="benchmark a randomly initialised preset instead (tiny, small, ...)")
-    p.add_argument("--vocab-size", type=int, help="override the preset's vocabulary size")
-    p.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
-    p.add_argument("--new-tokens", type=int, default=128, help="decode length (default: 128)")
-    p.add_argument("--prompt-tokens", type=int, default=512, help="prefill length, capped by the context")
-    p.add_argument("--repeats", type=int, default=3, help="interleaved repeats; medians are reported")
+    p.add_argument("--vocab-size", type=VOCAB_SIZE, help="override the preset's vocabulary size")
+    p.add_argument("--threads", type=cores(), default=2, help="torch threads, at most the cores (default: 2)")
+    p.add_argument("--new-tokens", type=integer(2), default=128, help="decode length, >= 2 (default: 128)")
+    p.add_argument("--prompt-tokens", type=POSITIVE_INT, default=512, help="prefill length, capped by the context")
+    p.add_argument("--repeats", type=POSITIVE_INT, default=3, help="interleaved repeats; medians are reported")
     p.add_argument("--no-hf", action="store_true", help="skip the transformers comparison")
     p.add_argument("--no-llama-cpp", action="store_true", help="skip the llama.cpp comparison")
     p.add_argument("--no-compile", action="store_true", help="skip our rows with the decode step compiled")
@@ -350,8 +352,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    if args.threads < 1 or args.repeats < 1:
-        raise KrminiError("--threads and --repeats: expected >= 1")
+    if args.json:  # refused before the benchmark runs: a directory, or a file of the checkpoint it reads
+        check_output(args.json, "file", checkpoint_files(resolve_checkpoint(args.model)) if args.model else [])
     model, label, gguf_vocab = _model_from_args(args)
     results = run_benchmark(model, label, args.threads, args.new_tokens, args.prompt_tokens, args.repeats,
                             not args.no_hf, gguf_vocab, compiled=() if args.no_compile else OURS_DTYPES)
@@ -364,5 +366,5 @@ def run(args) -> int:
             results["profile_bf16_compiled_decode"] = profile_decode_step(bf16, decoder=CompiledDecoder(bf16))
             print(results["profile_bf16_compiled_decode"])
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2, ensure_ascii=False), encoding="utf-8")
+        write_json_atomic(args.json, results)
     return 0

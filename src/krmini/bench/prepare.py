@@ -11,7 +11,6 @@ cProfile of a one-worker run (everything in one process), summed by pipeline sta
 from __future__ import annotations
 
 import cProfile
-import json
 import os
 import pstats
 import resource
@@ -19,8 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from krmini.argtypes import POSITIVE_INT, cores
 from krmini.data.prepare import PrepareConfig, prepare, sample_texts
 from krmini.data.readers import corpus_files
+from krmini.runs import check_output, write_json_atomic
 from krmini.tokenizer.tokenizer import KoTokenizer
 
 DEFAULT_INPUT = "../shared/data/pretrain"
@@ -89,14 +90,17 @@ def register(subparsers) -> None:
                               description=__doc__)
     p.add_argument("inputs", nargs="*", default=[DEFAULT_INPUT], help=f"corpus (default: {DEFAULT_INPUT})")
     p.add_argument("--tokenizer", help="tokenizer directory (default: train a 32k one on a sample, not timed)")
-    p.add_argument("--workers", type=int, nargs="+", default=[1, os.cpu_count() or 1], help="worker counts to time")
-    p.add_argument("--repeats", type=int, default=2, help="time each worker count this many times (shared machines vary)")
+    p.add_argument("--workers", type=cores(), nargs="+", default=[1, os.cpu_count() or 1],
+                   help="worker counts to time (each at most the cores)")
+    p.add_argument("--repeats", type=POSITIVE_INT, default=2, help="time each worker count this many times (shared machines vary)")
     p.add_argument("--profile", action="store_true", help="also profile a one-worker run by stage")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if args.json:  # refused before the benchmark runs: a directory, or a file it reads
+        check_output(args.json, "file", [*args.inputs, *([args.tokenizer] if args.tokenizer else [])])
     r = run_benchmark(args.inputs, args.tokenizer, args.workers, args.repeats, args.profile)
     print(f"input {r['input_mb']} MB, {r['cpus']} CPUs")
     print(f"{'workers':>8}{'seconds':>9}{'file MB/s':>11}{'text MB/s':>11}{'CPU s':>8}{'text MB/CPU s':>15}")
@@ -108,5 +112,5 @@ def run(args) -> int:
         for stage, seconds in r["profile"].items():
             print(f"  {stage:<45}{seconds:>8.2f} s")
     if args.json:
-        Path(args.json).write_text(json.dumps(r, ensure_ascii=False, indent=2), encoding="utf-8")
+        write_json_atomic(args.json, r)
     return 0

@@ -12,9 +12,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from krmini.argtypes import POSITIVE_NUMBER
 from krmini.data.prepare import sample_texts
 from krmini.errors import KrminiError
-from krmini.tokenizer.tokenizer import KoTokenizer
+from krmini.runs import check_output, write_json_atomic
+from krmini.tokenizer.tokenizer import VOCAB_SIZE, KoTokenizer
 
 DEFAULT_TRAIN = "../shared/data/pretrain"
 DEFAULT_HELDOUT = "../shared/data/eval/heldout_wiki_korquad1_dev_contexts.jsonl"
@@ -37,13 +39,17 @@ def _sentencepiece(texts: list[str], vocab_size: int, workdir: Path):
     corpus = workdir / "corpus.txt"
     corpus.write_text("\n".join(t.replace("\n", " ") for t in texts), encoding="utf-8")
     start = time.perf_counter()
-    spm.SentencePieceTrainer.train(
-        input=str(corpus), model_prefix=str(workdir / "sp"), vocab_size=vocab_size, model_type="bpe",
-        byte_fallback=True, character_coverage=0.9995, split_digits=True, num_threads=2,
-        # like ours: no NFKC folding, spaces kept as written, so it can be lossless too
-        normalization_rule_name="identity", remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
-        max_sentence_length=1 << 20, input_sentence_size=0, minloglevel=2,
-    )
+    try:
+        spm.SentencePieceTrainer.train(
+            input=str(corpus), model_prefix=str(workdir / "sp"), vocab_size=vocab_size, model_type="bpe",
+            byte_fallback=True, character_coverage=0.9995, split_digits=True, num_threads=2,
+            # like ours: no NFKC folding, spaces kept as written, so it can be lossless too
+            normalization_rule_name="identity", remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
+            max_sentence_length=1 << 20, input_sentence_size=0, minloglevel=2,
+        )
+    except RuntimeError as exc:  # e.g. a vocabulary smaller than the corpus's characters
+        raise KrminiError(f"--vocab-size {vocab_size}: SentencePiece refused it "
+                          f"({str(exc).strip().splitlines()[0][-160:]})") from None
     seconds = time.perf_counter() - start
     return spm.SentencePieceProcessor(model_file=str(workdir / "sp.model")), seconds
 
@@ -80,13 +86,15 @@ def register(subparsers) -> None:
                               description=__doc__)
     p.add_argument("--train", nargs="+", default=[DEFAULT_TRAIN], help=f"training corpus (default: {DEFAULT_TRAIN})")
     p.add_argument("--heldout", default=DEFAULT_HELDOUT, help=f"held-out JSONL (default: {DEFAULT_HELDOUT})")
-    p.add_argument("--vocab-size", type=int, default=32000)
-    p.add_argument("--max-mb", type=float, default=200.0, help="MB of training text (default: 200)")
+    p.add_argument("--vocab-size", type=VOCAB_SIZE, default=32000, help="vocabulary size (default: 32000)")
+    p.add_argument("--max-mb", type=POSITIVE_NUMBER, default=200.0, help="MB of training text, > 0 (default: 200)")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if args.json:  # refused before the benchmark runs: a directory, or a file it reads
+        check_output(args.json, "file", [*args.train, args.heldout])
     results = run_benchmark(args.train, Path(args.heldout), args.vocab_size, args.max_mb)
     print(f"trained on {results['train_mb']} MB, vocab {results['vocab_size']}; held-out {results['heldout_chars']:,} chars")
     print(f"{'library':<15}{'train s':>9}{'chars/token':>13}{'lossless':>10}")
@@ -94,5 +102,5 @@ def run(args) -> int:
         r = results[lib]
         print(f"{lib:<15}{r['train_seconds']:>9}{r['chars_per_token']:>13}{r['lossless']!s:>10}")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2), encoding="utf-8")
+        write_json_atomic(args.json, results)
     return 0

@@ -9,15 +9,16 @@ this process (square matmuls at the same thread count), for fp32 and bf16 separa
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 
 import torch
 
+from krmini.argtypes import POSITIVE_INT, cores
 from krmini.device import autocast
 from krmini.errors import KrminiError
 from krmini.model import LlamaModel
+from krmini.runs import check_output, write_json_atomic
 from krmini.train.config import TrainConfig, load_run_config
 from krmini.train.flops import measure_matmul_peak, training_flops_per_token
 from krmini.train.optim import build_optimizer
@@ -31,13 +32,14 @@ def register(subparsers) -> None:
     )
     p.add_argument("--preset", default="small", help="run config YAML or preset name (default: small)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model.num_hidden_layers=6")
-    p.add_argument("--steps", type=int, default=3, help="timed steps per round (default 3)")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved ours/HF rounds (default 3)")
-    p.add_argument("--batch", type=int, default=4, help="sequences per step (default 4)")
-    p.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (default 256)")
+    p.add_argument("--steps", type=POSITIVE_INT, default=3, help="timed steps per round (default 3)")
+    p.add_argument("--rounds", type=POSITIVE_INT, default=3, help="interleaved ours/HF rounds (default 3)")
+    p.add_argument("--batch", type=POSITIVE_INT, default=4, help="sequences per step (default 4)")
+    p.add_argument("--seq-len", type=POSITIVE_INT, default=256, help="tokens per sequence, at most the context "
+                   "(default 256)")
     p.add_argument("--precision", default="fp32,bf16", help="comma list of fp32, bf16, fp16 (default fp32,bf16)")
     p.add_argument("--compile", default="off,on", help="comma list of off, on (default off,on)")
-    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--threads", type=cores(), default=2, help="torch threads, at most the cores (default 2)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--profile", action="store_true", help="also print where our eager step's time goes")
     p.add_argument("--json", help="write the results to this JSON file")
@@ -102,7 +104,12 @@ def _profile(step, x, y) -> str:
 
 
 def run(args) -> int:
+    if args.json:  # refused before the benchmark runs
+        check_output(args.json, "file", [args.preset])
     cfg = load_run_config(args.preset, args.overrides)
+    if args.seq_len > cfg.model.max_position_embeddings:
+        raise KrminiError(f"--seq-len: {args.seq_len} exceeds the context of {args.preset} "
+                          f"(model.max_position_embeddings {cfg.model.max_position_embeddings})")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise KrminiError("--device cuda: no CUDA GPU is available")
@@ -143,8 +150,7 @@ def run(args) -> int:
                     print(f"profile, {name}, {precision} eager:\n{_profile(step, x, y)}")
             del steps
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump({"preset": args.preset, "overrides": args.overrides, "batch": args.batch,
-                       "seq_len": args.seq_len, "threads": args.threads, "params": n_params,
-                       "peaks": peaks, "rows": rows}, fh, indent=2)
+        write_json_atomic(args.json, {"preset": args.preset, "overrides": args.overrides, "batch": args.batch,
+                                      "seq_len": args.seq_len, "threads": args.threads, "params": n_params,
+                                      "peaks": peaks, "rows": rows})
     return 0

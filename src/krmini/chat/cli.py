@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from krmini.argtypes import number
 from krmini.chat.load import load_chat_model
 from krmini.chat.repl import ChatSession, repl
 from krmini.chat.sft import run_sft
@@ -26,7 +27,8 @@ def register(subparsers) -> None:
     s.add_argument("--out", required=True, help="output run directory")
     s.add_argument("--config", default="sft", help="SFT config YAML with a train: section (default: sft)")
     s.add_argument("--lora", metavar="SPEC", help="train LoRA adapters, e.g. r=16,alpha=32,targets=q,k,v,o,gate,up,down")
-    s.add_argument("--val-fraction", type=float, default=0.02, help="share of conversations held out (0.02)")
+    s.add_argument("--val-fraction", type=number(0, 1, low_open=True, high_open=True), default=0.02,
+                   help="share of conversations held out, between 0 and 1 (default: 0.02)")
     s.add_argument("--device", help="auto (default), cpu, cuda or mps")
     s.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=200")

@@ -116,10 +116,22 @@ def check_conversation(record: object, report: ChatReport, where: str) -> list[d
     return system + turns
 
 
-def read_conversations(paths: list[str | Path], report: ChatReport) -> Iterator[list[dict]]:
-    for path in map(Path, paths):
+def chat_files(paths: list[str | Path]) -> list[Path]:
+    """The chat JSONL files, each checked to be a file that opens: all of them before anything is read
+    or written, so a bad path leaves no half-made data directory."""
+    files = [Path(p) for p in paths]
+    for path in files:
         if not path.is_file():
             raise KrminiError(f"{path}: chat data file not found (expected JSONL with a messages list per line)")
+        try:
+            path.open("rb").close()
+        except OSError as exc:
+            raise KrminiError(f"{path}: cannot open ({exc.strerror or exc})") from None
+    return files
+
+
+def read_conversations(paths: list[str | Path], report: ChatReport) -> Iterator[list[dict]]:
+    for path in chat_files(paths):
         with open(path, "rb") as fh:
             for n, raw in enumerate(fh, 1):
                 if not raw.strip():
@@ -141,6 +153,7 @@ def read_conversations(paths: list[str | Path], report: ChatReport) -> Iterator[
 def prepare_chat(paths: list[str | Path], tokenizer: KoTokenizer, tokenizer_path: str, out_dir: str | Path,
                  val_fraction: float = 0.02, progress: bool = True) -> dict:
     """Tokenize conversations into `out_dir` (shards, masks, manifest); returns the manifest."""
+    paths = chat_files(paths)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dtype = token_dtype(tokenizer.vocab_size)

@@ -11,10 +11,11 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
+from krmini.argtypes import SEED_LIMIT
 from krmini.chat.template import fit_history, prompt_budget, prompt_ids
 from krmini.errors import KrminiError
 from krmini.infer.engine import Engine, PromptTooLong
-from krmini.infer.sampling import SEED_LIMIT, SamplingConfig
+from krmini.infer.sampling import SamplingConfig
 
 try:  # noqa: SIM105 - readline gives input() line editing where the platform has it
     import readline  # noqa: F401

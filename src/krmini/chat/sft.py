@@ -17,7 +17,16 @@ from krmini.chat.template import END
 from krmini.config import apply_overrides, from_dict, load_yaml
 from krmini.data.shards import read_manifest
 from krmini.errors import KrminiError
-from krmini.runs import ADAPTER_DIR, MODEL_FILE, TOKENIZER_DIR, lora_section, read_state, resolve_checkpoint
+from krmini.runs import (
+    ADAPTER_DIR,
+    MODEL_FILE,
+    TOKENIZER_DIR,
+    check_output,
+    lora_section,
+    read_state,
+    resolve_checkpoint,
+    run_dir,
+)
 from krmini.tokenizer import KoTokenizer
 from krmini.train.checkpoint import checkpoint_model_config
 from krmini.train.config import RunConfig, resolve_config_path
@@ -59,6 +68,7 @@ def run_sft(base: str | Path, data: list[str], out: str | Path, config: str = "s
     else:
         cfg = sft_config(base, out, config, overrides, lora)
     base_ckpt = Path(cfg.train.init_from)
+    check_output(out, "dir", [run_dir(base_ckpt)])  # never inside (or holding) the base it starts from
     tokenizer_dir = base_ckpt / TOKENIZER_DIR
     tokenizer = KoTokenizer.load(tokenizer_dir)
     tokenizer.token_id(END)

@@ -8,6 +8,7 @@ from dataclasses import asdict
 from krmini.config import apply_overrides, from_dict
 from krmini.data.prepare import DataConfig, PrepareConfig, load_data_config, prepare
 from krmini.errors import KrminiError
+from krmini.runs import check_output
 
 
 def register(subparsers) -> None:
@@ -105,6 +106,8 @@ def run(args) -> int:
     from krmini.tokenizer import KoTokenizer
 
     data = _config(args)
+    if args.out:  # written into: not a file, and not where a corpus or the tokenizer it reads lives
+        check_output(args.out, "dir", [*(p for s in data.sources for p in s.paths), args.tokenizer])
     tokenizer = KoTokenizer.load(args.tokenizer)
     manifest = prepare(data.sources, tokenizer, args.tokenizer, None if args.dry_run else args.out, data.prepare,
                        dry_run=args.dry_run)

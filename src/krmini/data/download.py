@@ -20,6 +20,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from krmini.errors import KrminiError
+from krmini.runs import check_output
 
 WIKIMEDIA = "https://dumps.wikimedia.org"
 ATTEMPTS = 5
@@ -87,6 +88,7 @@ def _sha1(path: Path) -> str:
 def download_dump(wiki: str = "kowiki", date: str = "latest", out_dir: str | Path = ".", base_url: str = WIKIMEDIA,
                   progress: bool = True) -> Path:
     base_url = base_url.rstrip("/")
+    check_output(out_dir, "dir")  # before anything is fetched
     name, expected = published_sha1(base_url, wiki, date)
     dated = re.search(r"-(\d{8})-", name)
     if dated:

@@ -13,6 +13,7 @@ it was — absent, or holding the previous output — and never one a training r
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -68,6 +69,19 @@ class PrepareConfig:
         return cls(**{"filters": filters, "dedup": DedupConfig(near=True), **changes})
 
     def validate(self, where: str = "prepare") -> None:
+        cores = os.cpu_count() or 1
+        for name, low, high in (("min_chars", 0, None), ("max_chars", 1, None), ("shard_tokens", 1, None),
+                                ("chunk_documents", 1, None), ("chunk_chars", 1, None), ("num_shards", 1, None),
+                                ("workers", 0, cores)):
+            value = getattr(self, name)
+            if value < low or (high is not None and value > high):
+                rule = f">= {low}" if high is None else f"from {low} (all cores) to {high} (this machine's cores)"
+                raise KrminiError(f"{where}.{name}: expected an integer {rule}, got {value}")
+        if self.max_chars < self.min_chars:
+            raise KrminiError(f"{where}.max_chars: {self.max_chars} is below min_chars {self.min_chars}")
+        if not all(map(math.isfinite, (self.val_fraction, self.test_fraction))):
+            raise KrminiError(f"{where}: val_fraction and test_fraction must be finite numbers, got "
+                              f"{self.val_fraction} and {self.test_fraction}")
         if not 0 <= self.shard_index < self.num_shards:
             raise KrminiError(f"{where}: shard_index {self.shard_index} must be in 0 … num_shards-1 ({self.num_shards - 1})")
         if self.val_fraction < 0 or self.test_fraction < 0 or self.val_fraction + self.test_fraction >= 1:

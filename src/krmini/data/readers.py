@@ -92,7 +92,11 @@ def _lines(path: Path, problems: ReadProblems) -> Iterator[tuple[int, str]]:
     """(line number, line) pairs; undecodable lines and a cut-off compressed stream are reported."""
     lineno, offset = 0, 0
     try:
-        with open_binary(path) as fh:
+        fh = open_binary(path)
+    except OSError as exc:  # not even openable (no read permission): the file is the problem, not a record
+        raise KrminiError(f"{path}: cannot open ({exc.strerror or exc})") from None
+    try:
+        with fh:
             for lineno, raw in enumerate(fh, 1):
                 try:
                     yield lineno, raw.decode("utf-8")

@@ -10,8 +10,10 @@ import sys
 import time
 from collections import Counter
 
+from krmini.argtypes import POSITIVE_NUMBER
 from krmini.data.prepare import sample_texts
-from krmini.tokenizer.tokenizer import KoTokenizer
+from krmini.runs import check_output
+from krmini.tokenizer.tokenizer import MIN_VOCAB_SIZE, VOCAB_SIZE, KoTokenizer
 
 
 def register(subparsers) -> None:
@@ -21,15 +23,18 @@ def register(subparsers) -> None:
                        description="Train a byte-fallback BPE tokenizer (no <unk>) and save it in Hugging Face format.")
     t.add_argument("inputs", nargs="+", help="corpus files or directories")
     t.add_argument("--out", required=True, help="output directory")
-    t.add_argument("--vocab-size", type=int, default=32000, help="vocabulary size (default: 32000)")
+    t.add_argument("--vocab-size", type=VOCAB_SIZE, default=32000,
+                   help=f"vocabulary size, {MIN_VOCAB_SIZE} to 2^32 (default: 32000)")
     t.add_argument("--text-field", default="text", help="JSONL field holding the text")
-    t.add_argument("--max-mb", type=float, default=200.0, help="train on at most this many MB of text (default: 200)")
+    t.add_argument("--max-mb", type=POSITIVE_NUMBER, default=200.0,
+                   help="train on at most this many MB of text, > 0 (default: 200)")
     t.add_argument("--strict", action="store_true", help="stop at the first unreadable record instead of skipping it")
     t.set_defaults(func=run_train)
 
 
 def run_train(args) -> int:
     start = time.perf_counter()
+    check_output(args.out, "dir", args.inputs)  # before the corpus is read
     counts: Counter = Counter()
     texts = sample_texts(args.inputs, args.text_field, int(args.max_mb * 1e6), counts, args.strict)
     try:

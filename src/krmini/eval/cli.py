@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from krmini.argtypes import NON_NEGATIVE_INT, POSITIVE_INT, SEED
 from krmini.device import pick_device
 from krmini.errors import KrminiError
 from krmini.eval.kobest import DEFAULT_KOBEST_DIR, TASKS, evaluate_kobest, parse_tasks
@@ -16,6 +17,7 @@ from krmini.eval.ppl import DEFAULT_PPL_DATA, perplexity, read_eval_texts
 from krmini.eval.report import format_kobest, register_report
 from krmini.eval.results import results_dir, write_json
 from krmini.infer.load import load_model
+from krmini.runs import check_output, checkpoint_files, resolve_checkpoint
 
 
 def register(subparsers) -> None:
@@ -28,8 +30,8 @@ def register(subparsers) -> None:
     ppl.add_argument("model", metavar="RUN_OR_CKPT")
     ppl.add_argument("--data", nargs="+", help=f"text files or directories (default: {DEFAULT_PPL_DATA})")
     ppl.add_argument("--text-field", default="text", help="JSONL field holding the text (default: text)")
-    ppl.add_argument("--stride", type=int, help="sliding-window step in tokens (default: half the context)")
-    ppl.add_argument("--limit", type=int, help="score only the first N documents")
+    ppl.add_argument("--stride", type=POSITIVE_INT, help="sliding-window step in tokens (default: half the context)")
+    ppl.add_argument("--limit", type=POSITIVE_INT, help="score only the first N documents")
     _add_common(ppl)
     ppl.set_defaults(func=run_ppl)
 
@@ -39,10 +41,11 @@ def register(subparsers) -> None:
     kb.add_argument("model", metavar="RUN_OR_CKPT")
     kb.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated (default: {','.join(TASKS)})")
     kb.add_argument("--split", default="dev", help="dev (default) or train")
-    kb.add_argument("--shots", type=int, default=0, help="solved train examples before each question (default: 0)")
-    kb.add_argument("--limit", type=int, help="only the first N examples of each task")
+    kb.add_argument("--shots", type=NON_NEGATIVE_INT, default=0,
+                    help="solved train examples before each question (default: 0)")
+    kb.add_argument("--limit", type=POSITIVE_INT, help="only the first N examples of each task")
     kb.add_argument("--data-dir", default=str(DEFAULT_KOBEST_DIR), help=f"default: {DEFAULT_KOBEST_DIR}")
-    kb.add_argument("--seed", type=int, default=1234, help="few-shot sampling seed (default: 1234)")
+    kb.add_argument("--seed", type=SEED, default=1234, help="few-shot sampling seed, 0 … 2^64-1 (default: 1234)")
     _add_common(kb)
     kb.set_defaults(func=run_kobest)
 
@@ -51,23 +54,27 @@ def register(subparsers) -> None:
 
 def _add_common(p) -> None:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
-    p.add_argument("--batch-tokens", type=int, default=4096, help="tokens per forward batch (default: 4096)")
+    p.add_argument("--batch-tokens", type=POSITIVE_INT, default=4096, help="tokens per forward batch (default: 4096)")
     p.add_argument("--out", help="JSON file for the results (default: <run>/eval/<name>.json)")
 
 
-def _check_positive(name: str, value: int | None) -> None:
-    if value is not None and value < 1:
-        raise KrminiError(f"{name}: expected a positive integer, got {value}")
+def results_path(args, name: str, reads: list = ()) -> Path:
+    """Where the results go (--out, or <run>/eval/NAME), checked before the evaluation runs: a directory,
+    a file of the checkpoint or a file the evaluation reads is refused."""
+    ckpt = resolve_checkpoint(args.model)
+    out = Path(args.out) if args.out else results_dir(args.model, ckpt) / name
+    check_output(out, "file", [*checkpoint_files(ckpt), *reads])
+    return out
 
 
 def run_ppl(args) -> int:
-    _check_positive("--limit", args.limit)
-    _check_positive("--batch-tokens", args.batch_tokens)
     data = args.data
     if not data:
         if not DEFAULT_PPL_DATA.is_file():
             raise KrminiError(f"{DEFAULT_PPL_DATA}: default held-out file not found; pass --data FILE")
         data = [DEFAULT_PPL_DATA]
+    name = "ppl-" + "+".join(Path(str(d)).name.split(".")[0] for d in data)[:80] + ".json"
+    out = results_path(args, name, data)
     texts = read_eval_texts(data, args.text_field, args.limit)
     loaded = load_model(args.model, pick_device(args.device))
     start = time.perf_counter()
@@ -75,27 +82,22 @@ def run_ppl(args) -> int:
     record = {"kind": "ppl", "checkpoint": str(loaded.path), "data": [str(d) for d in data],
               "stride": args.stride or loaded.model.config.max_position_embeddings // 2,
               **result.as_dict(), "seconds": round(time.perf_counter() - start, 1)}
-    name = "ppl-" + "+".join(Path(str(d)).name.split(".")[0] for d in data)[:80] + ".json"
-    out = write_json(Path(args.out) if args.out else results_dir(args.model, loaded.path) / name, record)
+    write_json(out, record)
     print(f"{result.documents} docs, {result.tokens:,} tokens, {result.bytes:,} bytes: loss {result.loss:.4f}, "
           f"perplexity {result.perplexity:.2f}, bits/byte {result.bits_per_byte:.4f}  → {out}")
     return 0
 
 
 def run_kobest(args) -> int:
-    _check_positive("--limit", args.limit)
-    _check_positive("--batch-tokens", args.batch_tokens)
-    if args.shots < 0:
-        raise KrminiError(f"--shots: expected 0 or more, got {args.shots}")
     tasks = parse_tasks(args.tasks)
+    out = results_path(args, f"kobest-{args.split}-{args.shots}shot.json", [args.data_dir])
     loaded = load_model(args.model, pick_device(args.device))
     start = time.perf_counter()
     result = evaluate_kobest(loaded.model, loaded.tokenizer, tasks, args.data_dir, args.split, args.shots,
                              args.limit, args.seed, args.batch_tokens, progress=True)
     record = {"kind": "kobest", "checkpoint": str(loaded.path), **result,
               "seconds": round(time.perf_counter() - start, 1)}
-    name = f"kobest-{args.split}-{args.shots}shot.json"
-    out = write_json(Path(args.out) if args.out else results_dir(args.model, loaded.path) / name, record)
+    write_json(out, record)
     print(format_kobest(record))
     print(f"→ {out}")
     return 0

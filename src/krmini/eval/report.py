@@ -11,13 +11,14 @@ from pathlib import Path
 import matplotlib
 import yaml
 
+from krmini.argtypes import POSITIVE_INT
 from krmini.data.shards import read_manifest
 from krmini.device import pick_device
 from krmini.errors import KrminiError
 from krmini.eval.results import RESULTS_DIR, read_results
 from krmini.infer.generate import SamplingConfig, generate_text
 from krmini.infer.load import load_model
-from krmini.runs import CHECKPOINTS_DIR, write_text_atomic
+from krmini.runs import CHECKPOINTS_DIR, check_output, write_text_atomic
 from krmini.train.metrics import read_metrics
 
 matplotlib.use("Agg")
@@ -35,7 +36,7 @@ def register_report(subparsers) -> None:
     p.add_argument("run", metavar="RUN", help="run directory (with checkpoints/, metrics.jsonl, eval/)")
     p.add_argument("--out", help="directory for report.md and its PNGs (default: the run directory)")
     p.add_argument("--prompt", action="append", help="prompt(s) for sample generations (default: three Korean)")
-    p.add_argument("--max-new-tokens", type=int, default=60, help="tokens per sample (default: 60)")
+    p.add_argument("--max-new-tokens", type=POSITIVE_INT, default=60, help="tokens per sample (default: 60)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
     p.set_defaults(func=run_report)
 
@@ -116,6 +117,10 @@ def build_report(run: Path, out: Path | None, prompts: list[str], max_new_tokens
     if not (run / CHECKPOINTS_DIR).is_dir():
         raise KrminiError(f"{run}: not a run directory (expected checkpoints/ inside)")
     out = out or run
+    check_output(out, "dir")
+    if out.resolve().is_relative_to((run / CHECKPOINTS_DIR).resolve()):
+        raise KrminiError(f"{out}: inside the run's {CHECKPOINTS_DIR}/, among the checkpoints; write the report to "
+                          "the run directory (the default) or elsewhere")
     out.mkdir(parents=True, exist_ok=True)
     config_path = run / "config.yaml"
     config = yaml.safe_load(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}

@@ -9,13 +9,12 @@ from pathlib import Path
 import torch
 
 from krmini.config import from_dict
-from krmini.errors import KrminiError
 from krmini.infer.build import build_engine
 from krmini.infer.engine import PromptTooLong
 from krmini.infer.fast.quantize import quantize_model, save_int8
 from krmini.infer.load import load_model
 from krmini.infer.sampling import TRUNCATE_MODES, SamplingConfig
-from krmini.runs import MODEL_FILE, read_state, resolve_checkpoint
+from krmini.runs import MODEL_FILE, check_output, checkpoint_files, read_state, resolve_checkpoint
 
 
 def add_device_args(p) -> None:
@@ -121,8 +120,7 @@ def val_perplexity(model, state: dict, device: torch.device) -> dict | None:
 def run_quantize(args) -> int:
     source = resolve_checkpoint(args.model)
     out = Path(args.out) if args.out else Path(args.model) / "int8"
-    if source.resolve().is_relative_to(out.resolve()):  # replacing `out` would delete the source
-        raise KrminiError(f"--out: {out} is or contains the source checkpoint {source}; choose another directory")
+    check_output(out, "dir", checkpoint_files(source))  # replacing the source (or a file) is refused up front
     device = torch.device("cpu")
     loaded = load_model(source, device)
     state = read_state(source, verify=False)

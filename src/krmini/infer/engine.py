@@ -291,6 +291,10 @@ class Engine:
                 ids = [self.tokenizer.bos_id, *ids]
         else:
             ids = list(prompt)
+            vocab = self.model.config.vocab_size
+            bad = next((t for t in ids if type(t) is not int or not 0 <= t < vocab), None)  # bool is no id
+            if bad is not None:
+                raise KrminiError(f"prompt: token ids are integers 0…{vocab - 1} (this model's vocabulary); got {bad!r}")
         return fit_prompt(ids, self.context, cfg)
 
     def stream_batch(self, requests: list[tuple[Prompt, SamplingConfig]]) -> Iterator[StreamEvent]:

@@ -12,15 +12,19 @@ from dataclasses import dataclass
 
 import torch
 
+from krmini.argtypes import SEED_LIMIT
 from krmini.errors import KrminiError
 
 TRUNCATE_MODES = ("error", "left")
-SEED_LIMIT = 2**64  # what torch.Generator.manual_seed takes
 # Below this a temperature is greedy in all but name, and logits / temperature would overflow fp32
 # (1e-300 gave inf - inf = NaN probabilities); sampling divides by at least this.
 MIN_TEMPERATURE = 1e-4
+# Finite settings can still overflow fp32 (1e300 is inf there, and inf × 0 is NaN): penalties touch only
+# the tokens they are about, and the logits are clipped to fp32's range before the softmax.
+FP32_MAX, FP32_TINY = torch.finfo(torch.float32).max, torch.finfo(torch.float32).tiny
 FLOAT_FIELDS = ("temperature", "top_p", "repetition_penalty", "frequency_penalty", "presence_penalty")
 INT_FIELDS = ("max_new_tokens", "top_k", "n")
+MAX_SAMPLES = 256  # n: each sample is a row of the batch with its own cache (2^64 rows were a hang)
 
 
 @dataclass
@@ -36,7 +40,7 @@ class SamplingConfig:
     frequency_penalty: float = 0.0  # subtract penalty × (times the token was generated)
     presence_penalty: float = 0.0  # subtract penalty once a token has been generated at all
     stop: tuple[str, ...] = ()  # stop strings: output ends before the first one (not included)
-    n: int = 1  # samples per prompt; they share one prefill
+    n: int = 1  # samples per prompt (at most MAX_SAMPLES); they share one prefill
     truncate: str = "error"  # prompt too long: "error", or "left" = keep its last context - max_new_tokens
 
     def validate(self) -> None:
@@ -61,11 +65,11 @@ class SamplingConfig:
             raise KrminiError(f"top_k: expected >= 0, got {self.top_k}")
         if self.repetition_penalty <= 0:
             raise KrminiError(f"repetition_penalty: expected > 0 (1 = off), got {self.repetition_penalty}")
-        if self.n < 1:
-            raise KrminiError(f"n: expected >= 1, got {self.n}")
+        if not 1 <= self.n <= MAX_SAMPLES:
+            raise KrminiError(f"n: expected >= 1 and at most {MAX_SAMPLES} samples per prompt, got {self.n}")
         if self.truncate not in TRUNCATE_MODES:
             raise KrminiError(f"truncate: expected one of {TRUNCATE_MODES}, got {self.truncate!r}")
-        if isinstance(self.stop, str) or any(not isinstance(s, str) or not s for s in self.stop):
+        if not isinstance(self.stop, tuple | list) or any(not isinstance(s, str) or not s for s in self.stop):
             raise KrminiError(f"stop: expected a list of non-empty strings, got {self.stop!r}")
 
     @property
@@ -77,16 +81,23 @@ class SamplingConfig:
         return self.repetition_penalty != 1.0 or self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
 
 
+def _fp32(value: float, low: float = -FP32_MAX) -> float:
+    """A setting as a finite fp32 scalar: torch cannot make one of 2^64, and 1e300 becomes inf (0 × inf = NaN)."""
+    return float(min(max(value, low), FP32_MAX))
+
+
 def apply_penalties(logits: torch.Tensor, seen: torch.Tensor, counts: torch.Tensor,
                     cfg: SamplingConfig) -> torch.Tensor:
     """logits (B, V) float; seen (B, V) bool: in prompt or output; counts (B, V): times generated."""
     if cfg.repetition_penalty != 1.0:
-        scaled = torch.where(logits > 0, logits / cfg.repetition_penalty, logits * cfg.repetition_penalty)
+        penalty = _fp32(cfg.repetition_penalty, FP32_TINY)
+        scaled = torch.where(logits > 0, logits / penalty, logits * penalty)
         logits = torch.where(seen, scaled, logits)
+    generated = counts > 0
     if cfg.frequency_penalty:
-        logits = logits - cfg.frequency_penalty * counts
+        logits = logits - torch.where(generated, _fp32(cfg.frequency_penalty) * counts, 0.0)
     if cfg.presence_penalty:
-        logits = logits - cfg.presence_penalty * (counts > 0).to(logits.dtype)
+        logits = logits - torch.where(generated, _fp32(cfg.presence_penalty), 0.0)
     return logits
 
 
@@ -94,7 +105,7 @@ def sample_next(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Gene
     """logits (B, V), already penalised → next token ids (B,)."""
     if cfg.greedy:
         return logits.argmax(dim=-1)
-    logits = logits.float() / max(cfg.temperature, MIN_TEMPERATURE)
+    logits = (logits.float() / _fp32(max(cfg.temperature, MIN_TEMPERATURE))).clamp(-FP32_MAX, FP32_MAX)
     if cfg.top_k and cfg.top_k < logits.size(-1):
         kth = torch.topk(logits, cfg.top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -24,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from krmini.argtypes import SEED_LIMIT
 from krmini.config import from_dict
 from krmini.errors import KrminiError
 from krmini.lab.chardata import CharVocab
@@ -201,7 +202,7 @@ def train(text: str, cfg: GPTConfig, tc: TrainConfig, out: Path, log=print) -> d
     start = time.perf_counter()
     for step in range(tc.iters + 1):
         if step % tc.eval_interval == 0 or step == tc.iters:
-            eval_gen.manual_seed(tc.seed + 1)  # the same batches every time, so evals are comparable
+            eval_gen.manual_seed((tc.seed + 1) % SEED_LIMIT)  # the same batches every time, so evals are comparable
             losses = {
                 "step": step,
                 "train": estimate_loss(model, train_data, tc, eval_gen),

@@ -11,7 +11,9 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
+from krmini.argtypes import POSITIVE_INT, POSITIVE_NUMBER, SEED, cores
 from krmini.errors import KrminiError
+from krmini.runs import check_output
 
 STEPS = {
     "autograd": "스칼라 자동미분을 torch와 비교 / scalar autograd checked against torch",
@@ -22,13 +24,7 @@ STEPS = {
     "numpy-lm": "역전파를 손으로 쓴 NumPy 언어모델 / NumPy LM with hand-written backward",
     "char-gpt": "문자 단위 GPT (Tiny Shakespeare, 한국어) / character GPT",
 }
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
+WRITES = ("attention", "char-gpt")  # the steps that write files (figures, checkpoints); the others only print
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,38 +36,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     steps = lab.add_subparsers(dest="step", metavar="STEP", required=True)
     parsers = {name: steps.add_parser(name, help=text, description=text) for name, text in STEPS.items()}
     for name, parser in parsers.items():
-        parser.add_argument("--seed", type=int, default=0, help="난수 시드 / random seed")
-        parser.add_argument(
-            "--out", type=Path, default=Path("runs/lab") / name, help="출력 폴더 / output folder"
-        )
-        parser.add_argument("--threads", type=positive_int, default=None, help="torch·BLAS 스레드 수 / thread count")
+        parser.add_argument("--seed", type=SEED, default=0, help="난수 시드 (0 … 2^64-1) / random seed")
+        if name in WRITES:
+            parser.add_argument("--out", type=Path, default=Path("runs/lab") / name, help="출력 폴더 / output folder")
+        parser.add_argument("--threads", type=cores(), default=None,
+                            help="torch·BLAS 스레드 수 (최대 코어 수) / thread count (at most the cores)")
 
     p = parsers["autograd"]
-    p.add_argument("--graphs", type=positive_int, default=20, help="무작위 식 그래프 수 / random graphs to check")
-    p.add_argument("--depth", type=positive_int, default=10_000, help="깊은 사슬의 길이 / length of the deep chain")
+    p.add_argument("--graphs", type=POSITIVE_INT, default=20, help="무작위 식 그래프 수 / random graphs to check")
+    p.add_argument("--depth", type=POSITIVE_INT, default=10_000, help="깊은 사슬의 길이 / length of the deep chain")
     p.set_defaults(func=run_autograd)
 
     p = parsers["mlp"]
-    p.add_argument("--steps", type=positive_int, default=200, help="경사 하강 횟수 / gradient steps")
-    p.add_argument("--hidden", type=positive_int, default=8, help="은닉 뉴런 수 / hidden neurons")
-    p.add_argument("--lr", type=float, default=0.1, help="학습률 / learning rate")
+    p.add_argument("--steps", type=POSITIVE_INT, default=200, help="경사 하강 횟수 / gradient steps")
+    p.add_argument("--hidden", type=POSITIVE_INT, default=8, help="은닉 뉴런 수 / hidden neurons")
+    p.add_argument("--lr", type=POSITIVE_NUMBER, default=0.1, help="학습률 (> 0) / learning rate")
     p.set_defaults(func=run_mlp)
 
     p = parsers["digits"]
-    p.add_argument("--epochs", type=positive_int, default=30, help="에폭 수 / epochs")
-    p.add_argument("--hidden", type=positive_int, default=64, help="은닉층 폭 / hidden width")
+    p.add_argument("--epochs", type=POSITIVE_INT, default=30, help="에폭 수 / epochs")
+    p.add_argument("--hidden", type=POSITIVE_INT, default=64, help="은닉층 폭 / hidden width")
     p.set_defaults(func=run_digits)
 
     p = parsers["attention"]
     p.add_argument("--text", default="나는 오늘 학교에 간다.", help="문장 / sentence to attend over")
-    p.add_argument("--heads", type=positive_int, default=4, help="헤드 수 / attention heads")
-    p.add_argument("--dim", type=positive_int, default=32, help="모델 폭 / model width")
+    p.add_argument("--heads", type=POSITIVE_INT, default=4, help="헤드 수 / attention heads")
+    p.add_argument("--dim", type=POSITIVE_INT, default=32, help="모델 폭 / model width")
     p.add_argument("--bidirectional", action="store_true", help="인과 마스크 없이 / no causal mask")
     p.set_defaults(func=run_attention)
 
     p = parsers["transformer"]
-    p.add_argument("--steps", type=positive_int, default=300, help="학습 스텝 / training steps")
-    p.add_argument("--length", type=positive_int, default=8, help="수열 길이 / sequence length")
+    p.add_argument("--steps", type=POSITIVE_INT, default=300, help="학습 스텝 / training steps")
+    p.add_argument("--length", type=POSITIVE_INT, default=8, help="수열 길이 / sequence length")
     p.add_argument(
         "--pre-norm", action="store_true", help="pre-norm (기본은 논문의 post-norm / default post-norm)"
     )
@@ -82,8 +78,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--data", type=Path, default=None, help="텍스트/JSONL (기본: 내장 한국어 문단) / text or JSONL"
     )
     p.add_argument("--field", default="text", help="JSONL 필드 / JSONL field")
-    p.add_argument("--max-chars", type=positive_int, default=20_000, help="읽을 최대 글자 수 / characters to read")
-    p.add_argument("--steps", type=positive_int, default=300, help="Adam 스텝 / Adam steps")
+    p.add_argument("--max-chars", type=POSITIVE_INT, default=20_000, help="읽을 최대 글자 수 / characters to read")
+    p.add_argument("--steps", type=POSITIVE_INT, default=300, help="Adam 스텝 / Adam steps")
     p.add_argument(
         "--activation", choices=["gelu", "relu"], default="gelu", help="FFN 활성화 / FFN activation"
     )
@@ -97,10 +93,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="텍스트/JSONL / text or JSONL",
     )
     p.add_argument("--field", default="text", help="JSONL 필드 / JSONL field")
-    p.add_argument("--max-chars", type=positive_int, default=None, help="읽을 최대 글자 수 / characters to read")
-    p.add_argument("--iters", type=positive_int, default=2000, help="학습 반복 / training iterations")
-    p.add_argument("--eval-interval", type=positive_int, default=250, help="평가 간격 / evaluate every N iterations")
-    p.add_argument("--eval-batches", type=positive_int, default=200, help="평가 배치 수 / batches per evaluation")
+    p.add_argument("--max-chars", type=POSITIVE_INT, default=None, help="읽을 최대 글자 수 / characters to read")
+    p.add_argument("--iters", type=POSITIVE_INT, default=2000, help="학습 반복 / training iterations")
+    p.add_argument("--eval-interval", type=POSITIVE_INT, default=250, help="평가 간격 / evaluate every N iterations")
+    p.add_argument("--eval-batches", type=POSITIVE_INT, default=200, help="평가 배치 수 / batches per evaluation")
     p.set_defaults(func=run_char_gpt)
 
 
@@ -157,6 +153,7 @@ def run_attention(args) -> int:
         raise KrminiError("--text: expected a non-empty sentence")
     if args.dim % args.heads:
         raise KrminiError(f"--dim: expected a multiple of --heads ({args.heads}), got {args.dim}")
+    check_output(args.out, "dir")
     path = sentence_heatmap(
         args.text, args.out / "attention.png", args.heads, args.dim, not args.bidirectional, args.seed
     )
@@ -202,6 +199,7 @@ def run_char_gpt(args) -> int:
     from krmini.lab.char_gpt import SETUP_FILE, WEIGHTS_FILE, GPTConfig, TrainConfig, train
     from krmini.lab.chardata import load_text
 
+    check_output(args.out, "dir")
     text = load_text(args.data, args.field, args.max_chars)
     tc = TrainConfig(
         iters=args.iters, eval_interval=args.eval_interval, eval_batches=args.eval_batches, seed=args.seed

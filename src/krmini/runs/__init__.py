@@ -24,6 +24,7 @@ from krmini.runs.layout import (
     step_name,
 )
 from krmini.runs.staged import (
+    check_output,
     check_target,
     fsync_dir,
     refuse_overlap,
@@ -36,6 +37,7 @@ from krmini.runs.staged import (
     write_text_atomic,
 )
 from krmini.runs.state import (
+    checkpoint_files,
     corrupt_file,
     is_intact,
     last_good_checkpoint,
@@ -47,7 +49,7 @@ from krmini.runs.state import (
 
 __all__ = [
     "ADAPTER_CONFIG", "ADAPTER_DIR", "ADAPTER_FILE", "CHECKPOINTS_DIR", "CONFIG_FILE", "LATEST", "MODEL_FILE",
-    "OPTIM_FILE", "STATE_FILE", "TOKENIZER_DIR", "check_target", "complete_checkpoints", "corrupt_file",
+    "OPTIM_FILE", "STATE_FILE", "TOKENIZER_DIR", "check_output", "check_target", "checkpoint_files", "complete_checkpoints", "corrupt_file",
     "fsync_dir", "is_intact", "last_good_checkpoint", "lora_section", "read_json", "read_state", "refuse_overlap", "resolve_checkpoint", "run_dir",
     "sha256_file", "staged_dir", "staged_file", "staged_files", "step_name", "temp_path", "write_bytes_atomic",
     "write_json_atomic", "write_state", "write_text_atomic",

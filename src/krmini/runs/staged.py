@@ -44,10 +44,24 @@ def refuse_overlap(out: Path, inputs: Iterable[str | Path]) -> None:
                               "(inputs are never replaced, with or without --force)")
 
 
-def check_target(path: Path, force: bool, inputs: Iterable[str | Path] = ()) -> None:
-    """Refuse an output that overlaps an input (always), or a non-empty directory or an existing file
-    unless `force` (one line, naming the path)."""
+def check_output(path: str | Path, kind: str = "dir", inputs: Iterable[str | Path] = ()) -> None:
+    """Refuse an output that overlaps an input, or is not of its `kind` ("dir": an existing file, or a
+    file among its parents; "file": an existing directory) — before the work that produces it."""
+    path = Path(path)
     refuse_overlap(path, inputs)
+    if kind == "dir" and path.exists() and not path.is_dir():
+        raise KrminiError(f"{path}: is a file; expected a directory")
+    if kind == "file" and path.is_dir():
+        raise KrminiError(f"{path}: is a directory; expected a file name")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise KrminiError(f"{parent}: is a file; expected a directory (in the path {path})")
+
+
+def check_target(path: Path, force: bool, inputs: Iterable[str | Path] = (), kind: str = "dir") -> None:
+    """`check_output`, and without `force` also refuse a non-empty directory or an existing file (one
+    line, naming the path)."""
+    check_output(path, kind, inputs)
     if force:
         return
     if path.is_dir() and any(path.iterdir()):
@@ -155,10 +169,7 @@ def staged_file(path: str | Path, force: bool = False, inputs: Iterable[str | Pa
     """Yield a temporary file path to write (and close); when the body returns it replaces `path`
     (checked against `inputs` as in `staged_dir`)."""
     path = Path(path)
-    refuse_overlap(path, inputs)
-    if path.is_dir():  # before check_target: --force never replaces a directory with a file
-        raise KrminiError(f"{path}: is a directory; expected a file name")
-    check_target(path, force)
+    check_target(path, force, inputs, kind="file")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
     _remove(tmp)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from krmini.errors import KrminiError
-from krmini.runs.layout import STATE_FILE, complete_checkpoints
+from krmini.runs.layout import STATE_FILE, TOKENIZER_DIR, complete_checkpoints
 from krmini.runs.staged import write_json_atomic
 
 
@@ -32,7 +32,7 @@ def read_json(path: Path, missing: str) -> dict[str, Any]:
     was expected), not JSON, or not an object."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # NotADirectory: a file where its directory should be
         raise KrminiError(f"{path}: {missing}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise KrminiError(f"{path}: corrupt (not valid JSON: {exc})") from None
@@ -75,6 +75,13 @@ def read_state(ckpt: Path, verify: bool = True) -> dict[str, Any]:
             hint = f"; last good checkpoint: {good[-1]}" if good else "; no other intact checkpoint"
             raise KrminiError(f"{bad}: corrupt or truncated (checksum mismatch){hint}")
     return state
+
+
+def checkpoint_files(ckpt: Path) -> list[Path]:
+    """What a checkpoint is made of (state.json, the files it checksums, tokenizer/): the paths an output
+    written next to it (an eval result, an int8 copy, a benchmark's JSON) must never replace."""
+    state = read_state(ckpt, verify=False)
+    return [ckpt / STATE_FILE, ckpt / TOKENIZER_DIR, *(ckpt / name for name in state.get("checksums", {}))]
 
 
 def last_good_checkpoint(ckpt_root: Path) -> tuple[Path, dict[str, Any]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import sys
 
+from krmini.argtypes import POSITIVE_INT, integer
 from krmini.chat.cli import chat_engine
 from krmini.errors import KrminiError
 from krmini.infer.cli import add_device_args
@@ -19,10 +20,11 @@ def register(subparsers) -> None:
     p.add_argument("model", metavar="RUN", help="SFT run or checkpoint directory")
     p.add_argument("--adapter", help="LoRA adapter directory to load onto RUN (a base model)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--port", type=integer(1, 65535), default=8000, help="port, 1-65535 (default: 8000)")
     p.add_argument("--api-key", help="require `Authorization: Bearer KEY` on /v1/ requests")
     p.add_argument("--name", help="model id reported by the API (default: the run directory's name)")
-    p.add_argument("--max-tokens", type=int, default=256, help="reply length when a request gives none")
+    p.add_argument("--max-tokens", type=POSITIVE_INT, default=256,
+                   help="reply length when a request gives none (default: 256; capped by the context)")
     add_device_args(p)
     p.set_defaults(func=run)
 
@@ -35,8 +37,6 @@ def run(args) -> int:
         from krmini.serve.worker import Worker
     except ImportError:
         raise KrminiError("the server needs FastAPI and uvicorn: pip install 'krmini[serve]'") from None
-    if not 0 < args.port < 65536:
-        raise KrminiError(f"--port: expected 1-65535, got {args.port}")
     try:
         loopback = ipaddress.ip_address(args.host).is_loopback
     except ValueError:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
+from krmini.argtypes import integer
 from krmini.errors import KrminiError
 
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
@@ -33,6 +34,9 @@ CHAT_TEMPLATE = (
 RESERVED = [f"<|reserved_{i}|>" for i in range(8)]
 SPECIAL_TOKENS = [PAD, BOS, EOS, *CHAT_TOKENS, *RESERVED]
 BYTE_TOKENS = [f"<0x{b:02X}>" for b in range(256)]
+MIN_VOCAB_SIZE = len(SPECIAL_TOKENS) + len(BYTE_TOKENS) + 64  # room for some merges
+MAX_VOCAB_SIZE = 2**32  # token ids are stored as uint32 at most (krmini.data.shards)
+VOCAB_SIZE = integer(MIN_VOCAB_SIZE, MAX_VOCAB_SIZE)  # the parser type of every --vocab-size
 META = "▁"  # what Metaspace puts in place of a space
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
@@ -60,8 +64,8 @@ class KoTokenizer:
               limit_alphabet: int = 4000, show_progress: bool = True) -> KoTokenizer:
         """Learn merges from `texts`, then lay out ids as specials, bytes, merges."""
         reserved = len(SPECIAL_TOKENS) + len(BYTE_TOKENS)
-        if vocab_size < reserved + 64:
-            raise KrminiError(f"vocab_size: expected at least {reserved + 64}, got {vocab_size}")
+        if not MIN_VOCAB_SIZE <= vocab_size <= MAX_VOCAB_SIZE:
+            raise KrminiError(f"vocab_size: expected {MIN_VOCAB_SIZE} to {MAX_VOCAB_SIZE}, got {vocab_size}")
         # The trainer keeps every alphabet character whatever the target size, so cap the alphabet
         # to leave room for merges; rarer characters fall back to bytes.
         trainer = trainers.BpeTrainer(

@@ -6,7 +6,9 @@ import argparse
 import json
 import os
 
+from krmini.argtypes import Parser, cores
 from krmini.errors import exit_code
+from krmini.runs import check_output
 from krmini.train.config import load_run_config
 from krmini.train.distributed import launch
 from krmini.train.trainer import train
@@ -26,7 +28,7 @@ def register(subparsers) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m krmini.train …`: the arguments of `krmini train …`, without the rest of the CLI."""
-    parser = argparse.ArgumentParser(prog="python -m krmini.train", description=DESCRIPTION)
+    parser = Parser(prog="python -m krmini.train", description=DESCRIPTION)
     add_arguments(parser)
     return exit_code(run, parser.parse_args(argv))
 
@@ -39,7 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest intact checkpoint in out_dir (a damaged newer one is skipped)")
-    p.add_argument("--nproc", type=int, help="processes on this machine (one per GPU); launches torchrun for you")
+    p.add_argument("--nproc", type=cores(),
+                   help="processes on this machine (one per GPU, at most one per core); launches torchrun for you")
     p.set_defaults(func=run)
 
 
@@ -49,6 +52,7 @@ def run(args) -> int:
         if flag:
             overrides.append(f"{key}={flag}")
     cfg = load_run_config(args.config, overrides)  # check the config before starting any process
+    check_output(cfg.train.out_dir, "dir", [cfg.train.data_dir] if cfg.train.data_dir else [])
     if args.nproc and "WORLD_SIZE" not in os.environ:
         return launch(args.nproc, ["--config", args.config, *overrides] + (["--resume"] if args.resume else []))
     result = train(cfg, resume=args.resume)

@@ -138,9 +138,7 @@ def barrier(ctx: DistContext) -> None:
 
 
 def launch(nproc: int, argv: list[str]) -> int:
-    """`krmini train --nproc N …`: rerun the same command under torchrun on this machine."""
-    if nproc < 1:
-        raise KrminiError(f"--nproc: expected a positive integer, got {nproc}")
+    """`krmini train --nproc N …` (N checked by the parser): rerun the same command under torchrun."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "krmini.train", *argv]
     return subprocess.run(cmd, check=False).returncode

@@ -19,17 +19,19 @@ def register(subparsers) -> None:
     )
     p.add_argument("config", help="run config YAML (e.g. configs/small.yaml)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model.num_hidden_layers=6")
-    p.add_argument("--batch", type=int, help="micro-batch size (default: the config's train.batch_size)")
-    p.add_argument("--seq-len", type=int, help="sequence length (default: the config's train.seq_len)")
+    p.add_argument("--batch", type=int, help="micro-batch size (default: the config's train.batch_size; "
+                   "checked as train.batch_size is)")
+    p.add_argument("--seq-len", type=int, help="sequence length, at most the model's context (default: the "
+                   "config's train.seq_len; checked as train.seq_len is)")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="activation precision")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    cfg = load_run_config(args.config, args.overrides)
+    sizes = {"train.batch_size": args.batch, "train.seq_len": args.seq_len}
+    cfg = load_run_config(args.config, [*args.overrides, *(f"{k}={v}" for k, v in sizes.items() if v is not None)])
     m = cfg.model
-    batch = args.batch or cfg.train.batch_size
-    seq_len = args.seq_len or cfg.train.seq_len
+    batch, seq_len = cfg.train.batch_size, cfg.train.seq_len
     precision = args.precision or ("fp32" if cfg.train.precision in ("auto", "fp32") else cfg.train.precision)
     counts = count_parameters(m)
     mem = estimate_memory(m, batch, seq_len, precision)

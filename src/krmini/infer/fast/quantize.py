@@ -24,7 +24,7 @@ from torch import nn
 from krmini import hardware
 from krmini.infer.fast.gemv import INT8_MAX_ROWS, gemv_int8
 from krmini.model import LlamaModel
-from krmini.runs import MODEL_FILE, TOKENIZER_DIR, staged_dir, write_state
+from krmini.runs import MODEL_FILE, TOKENIZER_DIR, checkpoint_files, staged_dir, write_state
 
 METHOD = "int8"
 
@@ -136,7 +136,7 @@ def save_int8(model: LlamaModel, source_ckpt: Path, state: dict, out: Path) -> P
     keep = {k: state[k] for k in ("model_config", "run_config", "step") if k in state}
     if (keep.get("run_config") or {}).get("lora") is not None:
         keep["run_config"] = {**keep["run_config"], "lora": None}
-    with staged_dir(out, force=True) as tmp:
+    with staged_dir(out, force=True, inputs=checkpoint_files(source_ckpt)) as tmp:
         save_file(int8_tensors(model), tmp / MODEL_FILE, metadata={"format": "pt", "quantization": METHOD})
         write_state(tmp, {**keep, "quantization": METHOD, "source": str(source_ckpt)}, (MODEL_FILE,))
         shutil.copytree(source_ckpt / TOKENIZER_DIR, tmp / TOKENIZER_DIR)
