@@ -23,7 +23,8 @@ from krmini.runs import CHECKPOINTS_DIR, CONFIG_FILE, LATEST, MODEL_FILE, TOKENI
 @dataclass(frozen=True)
 class P:
     """A path slot: the argument's dest, the input it holds in the working argv, its kind
-    (file, dir, any = file or directory, config = YAML file or preset name) and role (in, out)."""
+    (file, dir, any = file or directory, config = YAML file or preset name, into = an output file or
+    an existing directory to write it in, which has no wrong kind) and role (in, out)."""
 
     dest: str
     source: str  # a key of Inputs, or new_dir / new_file for an output that does not exist yet
@@ -83,7 +84,7 @@ SPEC: dict[str, list[tuple]] = {
                      "--out", OUT_FILE, *CPU)],
     "report": [(P("run", "run", "dir"), "--out", OUT_DIR, "--max-new-tokens", "2", *CPU)],
     "export hf": [(P("model", "run", "dir"), OUT_DIR, "--force")],
-    "export gguf": [(P("model", "run", "dir"), OUT_FILE, "--force")],
+    "export gguf": [(P("model", "run", "dir"), P("out", "new_file", "into", "out"), "--force")],
     "import hf": [(P("src", "hf", "dir"), OUT_DIR, "--force")],
     "sft": [("--base", P("base", "run", "dir"), "--data", P("data", "chat_data", "file"), "--out", OUT_DIR,
              "--config", P("config", "sft_config", "config"), "--val-fraction", "0.3", *TINY_TRAIN)],
@@ -107,7 +108,7 @@ def cases() -> list[Case]:
                     continue
                 seen.add((command, slot.dest))
                 kinds = (["missing", "wrong-kind", "unreadable"] if slot.role == "in" else
-                         ["wrong-kind"] + (["inside-input"] if any(s.source in ("run", "lora_run", "hf", "corpus")
+                         ["wrong-kind"] * (slot.kind != "into") + (["inside-input"] if any(s.source in ("run", "lora_run", "hf", "corpus")
                                                                  for s in slots(template)) else []))
                 found += [Case(command, slot.dest, what, template) for what in kinds]
     return found

@@ -21,8 +21,9 @@ def number(x) -> bool:
 
 
 def integer(x) -> bool:
-    """Written as a JSON integer (1e300 is a float, as it is to OpenAI's API)."""
-    return isinstance(x, int) and not isinstance(x, bool)
+    """A JSON Schema integer: a number with no fractional part, so 1e300 is one (the token limits cap it
+    at the context) and 1.5 is not."""
+    return number(x) and float(x).is_integer()
 
 
 # The API's documented ranges (OpenAI's, docs/chat.md): temperature 0-2, top_p (0, 1], n 1-8, token
