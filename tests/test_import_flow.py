@@ -9,6 +9,7 @@ Layers, bottom to top:
     train
     infer
     chat, serve, eval, export, bench  (the application layer; no cycles among them)
+    apps         (krmini.apps.*: programs built on all of the above, e.g. the memo assistant)
     krmini.cli, krmini.demo, krmini.doctor, krmini.__main__  (the top: may import anything)
 
 `lab` (the from-scratch teaching code) imports only foundation modules.
@@ -32,7 +33,8 @@ FOUNDATION = {"krmini", "krmini.errors", "krmini.argtypes", "krmini.config", "kr
 TOP = {"krmini.cli", "krmini.demo", "krmini.doctor", "krmini.__main__"}
 RANK = {"tokenizer": 1, "data": 1, "model": 2, "train": 3, "infer": 4}
 RANK.update(dict.fromkeys(["chat", "serve", "eval", "export", "bench"], 5))
-TOP_RANK = 6
+RANK["apps"] = 6
+TOP_RANK = 7
 
 
 @dataclass(frozen=True)
@@ -243,6 +245,9 @@ def test_no_import_cycles_between_packages():
         ("krmini.cli", "krmini.serve.cli", False),
         ("krmini.train.__main__", "krmini.cli", True),
         ("krmini.eval.cli", "krmini.chat.template", False),
+        ("krmini.apps.memo.ask", "krmini.chat.template", False),
+        ("krmini.chat.repl", "krmini.apps.memo.search", True),
+        ("krmini.cli", "krmini.apps.memo.cli", False),
     ],
 )
 def test_the_rules_themselves(importer, imported, bad):

@@ -32,7 +32,10 @@ COMMAND_MODULES = [
     "krmini.chat.cli",
     "krmini.chat.merge",
     "krmini.serve.cli",
+    "krmini.apps.memo.cli",
 ]
+# Benchmarks of the apps layer join `krmini bench`, which sits below apps and so does not import them.
+APP_BENCH_MODULES = ["krmini.apps.memo.bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"krmini {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
+        module = importlib.import_module(name)
+        if name == "krmini.bench.cli":
+            module.register(subparsers, [importlib.import_module(m) for m in APP_BENCH_MODULES])
+        else:
+            module.register(subparsers)
     return parser
 
 

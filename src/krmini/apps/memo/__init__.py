@@ -1,0 +1,13 @@
+"""`krmini memo`: your own notes plus an LLM.
+
+    readers.py  notes on disk (.md .txt .pdf .docx, JSONL {id, title, text}) → text with line numbers
+    chunks.py   text → chunks by headings and paragraphs (file, heading path, line range)
+    units.py    Korean-aware search units: character bigrams (always), Kiwi morphemes (optional)
+    store.py    the one SQLite file: files, chunks, terms and postings; checked on open
+    indexer.py  incremental indexing by content hash, per-file status, --watch
+    search.py   BM25 per unit kind inside SQLite, reciprocal-rank fusion, citations
+    evaluate.py `krmini memo eval`: recall@k and MRR on a question set
+    ask.py      retrieve → a prompt that fits the model's context → streamed answer with [n] citations
+    cli.py      the `krmini memo …` commands
+    bench.py    `krmini bench memo`
+"""

@@ -1,0 +1,155 @@
+"""`krmini memo …`: index notes, see their state, search them, measure retrieval, ask about them."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sqlite3
+import sys
+import threading
+from pathlib import Path
+
+from krmini.apps.memo import indexer
+from krmini.apps.memo.search import Searcher
+from krmini.apps.memo.store import Store, damaged
+from krmini.apps.memo.units import parse_kinds
+from krmini.errors import KrminiError
+
+DEFAULT_DB = "memo.db"
+
+
+def _guarded(handler):
+    """SQLite errors met while using the index (a damaged file, a lock held too long) become one line."""
+    @functools.wraps(handler)
+    def run(args):
+        try:
+            return handler(args)
+        except sqlite3.Error as exc:
+            raise damaged(Path(args.db), exc) from None
+    return run
+
+
+def _db_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", default=DEFAULT_DB, help=f"the index file (default: {DEFAULT_DB})")
+
+
+def _units_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--units", help=f"{what}: bigram, kiwi or bigram+kiwi (kiwi needs `pip install 'krmini[memo]'`)")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("memo", help="메모 도우미 / notes assistant: index, search, ask with citations",
+                              description=__doc__)
+    sub = p.add_subparsers(dest="memo_command", metavar="ACTION", required=True)
+
+    q = sub.add_parser("index", help="노트 색인 / index notes (incremental)")
+    q.add_argument("notes", nargs="*", help="folders or files of notes (.md .txt .pdf .docx .jsonl); "
+                                            "with none, the folders indexed before")
+    _db_arg(q)
+    _units_arg(q, "unit kinds of a new index (default bigram; fixed afterwards)")
+    q.add_argument("--rebuild", action="store_true", help="start a new index file (replaces a damaged or foreign one)")
+    q.add_argument("--max-mb", type=float, default=indexer.MAX_MB,
+                   help=f"skip files larger than this (default {indexer.MAX_MB:g} MB)")
+    q.add_argument("--watch", action="store_true", help="keep the index current while notes change (Ctrl-C stops)")
+    q.add_argument("--poll", type=float, metavar="SECONDS",
+                   help="with --watch: look for changes every SECONDS instead of file events")
+    q.add_argument("-v", "--verbose", action="store_true", help="one line per file indexed or skipped")
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.set_defaults(func=_guarded(run_index))
+
+    q = sub.add_parser("status", help="파일별 상태 / per-file state: indexed, changed, new, deleted, skipped")
+    _db_arg(q)
+    q.add_argument("--all", action="store_true", help="list indexed files too (default: only the others)")
+    q.set_defaults(func=_guarded(run_status))
+
+    q = sub.add_parser("search", help="검색 / ranked chunks with file:line")
+    q.add_argument("query")
+    _db_arg(q)
+    q.add_argument("-k", type=int, default=5, help="how many chunks (default 5)")
+    _units_arg(q, "unit kinds to search with (default: all the index has, fused)")
+    q.add_argument("--json", action="store_true", help="one JSON object")
+    q.set_defaults(func=_guarded(run_search))
+
+    from krmini.apps.memo import evaluate
+
+    evaluate.register(sub)
+
+
+def _report(summary: indexer.Summary, store: Store, kinds: tuple[str, ...]) -> None:
+    print(f"memo index ({'+'.join(kinds)} units) → {store.path}: {summary.line()}")
+    for old, new in summary.renamed:
+        print(f"  renamed {old} → {new}")
+
+
+def run_index(args) -> int:
+    if args.poll is not None and args.poll <= 0:
+        raise KrminiError(f"--poll: expected seconds > 0, got {args.poll}")
+    if args.max_mb <= 0:
+        raise KrminiError(f"--max-mb: expected a size > 0, got {args.max_mb}")
+    with Store.open(args.db, create=True, rebuild=args.rebuild) as store:
+        kinds = indexer.configure(store, args.units)
+        if not indexer.add_roots(store, args.notes):
+            raise KrminiError(f"{args.db}: no notes to index; give folders or files: "
+                              f"krmini memo index NOTES --db {args.db}")
+        _index_and_watch(args, store, kinds)
+    return 0
+
+
+def _index_and_watch(args, store: Store, kinds: tuple[str, ...]) -> None:
+    log = print if args.verbose else None
+    summary = indexer.index(store, kinds, args.max_mb, progress=not args.quiet, log=log)
+    _report(summary, store, kinds)
+    if args.watch:
+        print(f"watching {', '.join(store.roots())} ({f'every {args.poll:g} s' if args.poll else 'file events'}); "
+              "Ctrl-C stops", flush=True)
+        stop = threading.Event()
+        try:
+            indexer.watch(store, kinds, lambda s: (_report(s, store, kinds), sys.stdout.flush()), stop,
+                          args.poll, args.max_mb)
+        except KeyboardInterrupt:
+            stop.set()
+            print("stopped watching")
+
+
+def run_status(args) -> int:
+    with Store.open(args.db) as store:
+        _print_status(store, args.all)
+    return 0
+
+
+def _print_status(store: Store, everything: bool) -> None:
+    states = indexer.status(store)
+    counts = {s: sum(1 for f in states if f.state == s) for s in indexer.STATES}
+    units = store.get("units") or "bigram"
+    print(f"{store.path} ({units} units): " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    print("folders: " + (", ".join(store.roots()) or "(none)"))
+    for f in states:
+        if f.state == "indexed" and not everything and not f.reason:
+            continue
+        detail = f"{f.notes} notes, {f.chunks} chunks" if f.state == "indexed" else ""
+        if f.reason:
+            detail = f"{detail}; {f.reason}" if detail else f.reason
+        print(f"  {f.state:<8} {indexer.display(f.path, f.root)}" + (f"  ({detail})" if detail else ""))
+
+
+def run_search(args) -> int:
+    if args.k < 1:
+        raise KrminiError(f"-k: expected at least 1, got {args.k}")
+    with Store.open(args.db) as store:
+        results = Searcher(store, parse_kinds(args.units) if args.units else None).search(args.query, args.k)
+    if args.json:
+        print(json.dumps({"mode": results.mode, "units": "+".join(results.kinds), "chunks": results.chunks,
+                          "hits": [{"where": h.where, "path": h.path, "heading": h.heading, "line_start": h.line_start,
+                                    "line_end": h.line_end, "page": h.page, "note_id": h.note_id,
+                                    "score": round(h.score, 4), "coverage": round(h.coverage, 3), "text": h.text}
+                                   for h in results.hits]}, ensure_ascii=False))
+        return 0
+    print(f"{results.describe()} — {len(results.hits)} of {results.chunks} chunks")
+    for i, h in enumerate(results.hits, 1):
+        print(f"[{i}] {h.where}  {h.heading}  (score {h.score:.3f}, {h.coverage:.0%} of the query)")
+        snippet = " ".join(h.text.split())
+        print(f"    {snippet[:200]}{'…' if len(snippet) > 200 else ''}")
+    if not results.hits:
+        print("(no chunk shares a unit with the query)")
+    return 0
