@@ -250,3 +250,14 @@ def test_a_reader_sees_the_index_before_or_after_a_write_never_during(notes_dir,
     assert str(path) in reader.files() and names(reader) == {"새 메모.md"}
     consistent(store)
     reader.close()
+
+
+def test_a_folder_added_above_an_indexed_one_takes_its_files(notes_dir, tmp_path):
+    store, kinds = open_index(tmp_path / "m.db", [notes_dir / "회의"])
+    reindex(store, kinds)
+    assert top(store, "마케팅 예산", k=1)[0].where == "회의/3월.md:5-6"
+    indexer.add_roots(store, [str(notes_dir)])
+    assert store.roots() == [str(notes_dir)]
+    summary = reindex(store, kinds)
+    assert (summary.new, summary.unchanged) == (3, 1)  # 3월.md is not read again, only cited from notes/
+    assert top(store, "마케팅 예산", k=1)[0].where == "notes/회의/3월.md:5-6"

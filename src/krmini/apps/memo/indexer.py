@@ -160,6 +160,8 @@ def index(store: Store, kinds: tuple[str, ...], max_mb: float = MAX_MB, progress
     with store.batch() as tick:
         for path in sorted(gone):
             store.remove(path)
+        # a folder added above an indexed one now holds its files: they are cited from the new folder
+        store.move_roots([(f.root, p) for p, f in found.items() if p in stored and stored[p].root != f.root])
         for done, f in enumerate(work, 1):
             _one(store, f, stored.get(f.path), kinds, max_mb, gone_by_hash, s, log)
             tick()
