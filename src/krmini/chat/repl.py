@@ -8,7 +8,7 @@ longer fits the context, the oldest exchanges are dropped and the user is told.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 from krmini.argtypes import SEED_LIMIT
@@ -36,6 +36,12 @@ class ChatSession:
     sampling: SamplingConfig
     system: str = ""
     history: list[dict] = field(default_factory=list)
+    # more /commands from the program that starts the REPL: name → (help text, handler(session, argument));
+    # `krmini memo chat` adds /memo this way (chat knows nothing of the memo assistant)
+    commands: dict[str, tuple[str, Callable[[ChatSession, str], None]]] = field(default_factory=dict)
+
+    def help(self) -> str:
+        return HELP + "".join(f" · {name} {text}" for name, (text, _) in self.commands.items())
 
     def messages(self) -> list[dict]:
         return ([{"role": "system", "content": self.system}] if self.system else []) + self.history
@@ -67,7 +73,9 @@ class ChatSession:
         name, _, arg = line.partition(" ")
         if name in ("/exit", "/quit"):
             return False
-        if name == "/reset":
+        if name in self.commands:
+            self.commands[name][1](self, arg.strip())
+        elif name == "/reset":
             self.history = []
             print("(대화를 지웠습니다 / history cleared)")
         elif name == "/system":
@@ -84,12 +92,12 @@ class ChatSession:
                 self.sampling = changed
                 print(f"(온도 / temperature = {self.sampling.temperature})")
         else:
-            print(HELP)
+            print(self.help())
         return True
 
 
 def repl(session: ChatSession, out=sys.stdout) -> None:
-    out.write(f"krmini chat — {session.engine.source}\n{HELP}\n")
+    out.write(f"krmini chat — {session.engine.source}\n{session.help()}\n")
     while True:
         try:
             line = input("나> ").strip()

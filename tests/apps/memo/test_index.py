@@ -124,6 +124,7 @@ def test_bad_files_are_skipped_and_counted_with_reasons(notes_dir, tmp_path, mon
     (notes_dir / "깨진.pdf").write_bytes(b"%PDF-1.4 not really")
     (notes_dir / "잠김.md").write_text("비밀", encoding="utf-8")
     (notes_dir / "그림.png").write_bytes(b"\x89PNG")  # not a note type: not listed at all
+    os.mkfifo(notes_dir / "파이프.md")  # reading it would block forever
     real = Path.read_bytes
 
     def read_bytes(self):
@@ -134,14 +135,15 @@ def test_bad_files_are_skipped_and_counted_with_reasons(notes_dir, tmp_path, mon
     monkeypatch.setattr(Path, "read_bytes", read_bytes)
     store, kinds = open_index(tmp_path / "m.db", [notes_dir])
     summary = reindex(store, kinds, max_mb=1.0)
-    assert dict(summary.skipped) == {"oversized": 1, "binary file": 1, "broken PDF": 1, "unreadable": 1}
-    assert summary.new == 8 and summary.notes == 4
+    assert dict(summary.skipped) == {"oversized": 1, "binary file": 1, "broken PDF": 1, "unreadable": 1,
+                                     "not a regular file": 1}
+    assert summary.new == 9 and summary.notes == 4
     reasons = {Path(p).name: r.reason for p, r in store.files().items() if r.state == "skipped"}
     assert reasons["큰파일.txt"] == "oversized (1.2 MB > --max-mb 1)"
     assert reasons["잠김.md"] == "unreadable (Permission denied)"
     assert reasons["깨진.pdf"].startswith("broken PDF (")
     assert "그림.png" not in {Path(p).name for p in store.files()}
-    assert reindex(store, kinds, max_mb=1.0).unchanged == 8  # not retried until they change
+    assert reindex(store, kinds, max_mb=1.0).unchanged == 9  # not retried until they change
 
 
 def test_a_link_out_of_the_folders_is_not_followed(tmp_path):
@@ -250,3 +252,14 @@ def test_a_reader_sees_the_index_before_or_after_a_write_never_during(notes_dir,
     assert str(path) in reader.files() and names(reader) == {"새 메모.md"}
     consistent(store)
     reader.close()
+
+
+def test_a_folder_added_above_an_indexed_one_takes_its_files(notes_dir, tmp_path):
+    store, kinds = open_index(tmp_path / "m.db", [notes_dir / "회의"])
+    reindex(store, kinds)
+    assert top(store, "마케팅 예산", k=1)[0].where == "회의/3월.md:5-6"
+    indexer.add_roots(store, [str(notes_dir)])
+    assert store.roots() == [str(notes_dir)]
+    summary = reindex(store, kinds)
+    assert (summary.new, summary.unchanged) == (3, 1)  # 3월.md is not read again, only cited from notes/
+    assert top(store, "마케팅 예산", k=1)[0].where == "notes/회의/3월.md:5-6"

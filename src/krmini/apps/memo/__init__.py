@@ -5,9 +5,11 @@
     units.py    Korean-aware search units: character bigrams (always), Kiwi morphemes (optional)
     store.py    the one SQLite file: files, chunks, terms and postings; checked on open
     indexer.py  incremental indexing by content hash, per-file status, --watch
-    search.py   BM25 per unit kind inside SQLite, reciprocal-rank fusion, citations
+    search.py   BM25 per unit kind inside SQLite, score fusion, coverage, citations
     evaluate.py `krmini memo eval`: recall@k and MRR on a question set
-    ask.py      retrieve → a prompt that fits the model's context → streamed answer with [n] citations
-    cli.py      the `krmini memo …` commands
+    backends.py a run directory (our engine) or an OpenAI-compatible server: context, count, stream
+    ask.py      retrieve → a prompt that fits the model's context → streamed answer with [n] citations;
+                summaries; /memo for the chat REPL
+    cli.py      the `krmini memo …` commands (index, status, search, eval, ask, summarize, chat)
     bench.py    `krmini bench memo`
 """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import functools
 import json
 import sqlite3
@@ -11,10 +12,22 @@ import threading
 from pathlib import Path
 
 from krmini.apps.memo import indexer
+from krmini.apps.memo.ask import (
+    MIN_COVERAGE,
+    choose,
+    iter_hits,
+    memo_command,
+    refusal,
+    stream_answer,
+    summarize,
+)
+from krmini.apps.memo.backends import add_backend_args, open_backend
 from krmini.apps.memo.search import Searcher
 from krmini.apps.memo.store import Store, damaged
 from krmini.apps.memo.units import parse_kinds
 from krmini.errors import KrminiError
+from krmini.infer.cli import add_device_args, add_sampling_args, sampling_from_args
+from krmini.infer.sampling import SamplingConfig
 
 DEFAULT_DB = "memo.db"
 
@@ -71,9 +84,120 @@ def register(subparsers) -> None:
     q.add_argument("--json", action="store_true", help="one JSON object")
     q.set_defaults(func=_guarded(run_search))
 
+    q = sub.add_parser("ask", help="질문 / answer from the notes with numbered citations [1] → file, heading, lines")
+    q.add_argument("question")
+    _db_arg(q)
+    add_backend_args(q)
+    _grounding_args(q)
+    q.set_defaults(func=_guarded(run_ask))
+
+    q = sub.add_parser("summarize", help="요약 / summarise a note, a folder of them, or those changed since a date")
+    q.add_argument("path", nargs="?", help="an indexed file or folder")
+    q.add_argument("--since", metavar="YYYY-MM-DD", help="the notes modified on or after this day")
+    _db_arg(q)
+    add_backend_args(q)
+    add_device_args(q)
+    add_sampling_args(q)
+    q.set_defaults(func=_guarded(run_summarize))
+
+    q = sub.add_parser("chat", help="대화 + /memo / the chat REPL with /memo QUESTION grounded in the notes")
+    q.add_argument("model", metavar="RUN", help="SFT run or checkpoint directory")
+    q.add_argument("--adapter", help="LoRA adapter directory to load onto RUN (a base model)")
+    q.add_argument("--system", default="", help="system prompt")
+    _db_arg(q)
+    _grounding_args(q)
+    q.set_defaults(func=_guarded(run_chat))
+
     from krmini.apps.memo import evaluate
 
     evaluate.register(sub)
+
+
+def _grounding_args(q: argparse.ArgumentParser) -> None:
+    q.add_argument("-k", type=int, default=4, help="chunks to retrieve (default 4)")
+    q.add_argument("--min-coverage", type=float, default=MIN_COVERAGE,
+                   help=f"answer only when the best chunk holds this share of the question (default {MIN_COVERAGE})")
+    _units_arg(q, "unit kinds to search with (default: all the index has)")
+    add_device_args(q)
+    add_sampling_args(q)
+
+
+def _sampling(args) -> SamplingConfig:
+    sampling = sampling_from_args(args)
+    sampling.validate()
+    return sampling
+
+
+def _check_grounding(args) -> None:
+    if args.k < 1:
+        raise KrminiError(f"-k: expected at least 1, got {args.k}")
+    if not 0 <= args.min_coverage <= 1:
+        raise KrminiError(f"--min-coverage: expected a share from 0 to 1, got {args.min_coverage}")
+
+
+def run_ask(args) -> int:
+    _check_grounding(args)
+    sampling = _sampling(args)
+    with Store.open(args.db) as store:
+        results = Searcher(store, parse_kinds(args.units) if args.units else None).search(args.question, args.k)
+    hits = choose(results.hits, args.min_coverage)
+    if not hits:
+        print(f"{results.describe()}; 0 sources")
+        print(refusal(results.hits, args.min_coverage))
+        return 0
+    backend = open_backend(args)
+    print(f"{results.describe()}; {len(hits)} sources; backend {backend.name} (context {backend.context})")
+    stream_answer(backend, args.question, hits, sampling)
+    return 0
+
+
+def _selected(store: Store, path: str | None, since: str | None) -> list:
+    sql = ("SELECT k.id, f.path, f.root, k.heading, k.line_start, k.line_end, k.page, k.note_id, k.text "
+           "FROM chunks k JOIN files f ON f.id = k.file WHERE f.state = 'indexed' AND ")
+    if path is not None:
+        target = str(Path(path).absolute())
+        rows = store.conn.execute(sql + "(f.path = ? OR substr(f.path, 1, ?) = ?) ORDER BY f.path, k.ord",
+                                  (target, len(target) + 1, target + "/")).fetchall()
+        if not rows:
+            raise KrminiError(f"{path}: no indexed note there (folders: {', '.join(store.roots()) or 'none'}); "
+                              f"run `krmini memo index` first")
+        return rows
+    try:
+        day = datetime.date.fromisoformat(since)
+    except ValueError:
+        raise KrminiError(f"--since: expected a date YYYY-MM-DD, got {since!r}") from None
+    start = datetime.datetime.combine(day, datetime.time()).timestamp()
+    rows = store.conn.execute(sql + "f.mtime_ns / 1e9 >= ? ORDER BY f.path, k.ord", (start,)).fetchall()
+    if not rows:
+        raise KrminiError(f"--since {since}: no indexed note was modified on or after that day")
+    return rows
+
+
+def run_summarize(args) -> int:
+    if (args.path is None) == (args.since is None):
+        raise KrminiError("summarize: give a PATH or --since YYYY-MM-DD (one of them)")
+    sampling = _sampling(args)
+    with Store.open(args.db) as store:
+        hits = list(iter_hits(_selected(store, args.path, args.since)))
+    backend = open_backend(args)
+    print(f"{len({h.path for h in hits})} notes, {len(hits)} chunks; backend {backend.name} (context {backend.context})")
+    summarize(backend, hits, sampling)
+    return 0
+
+
+def run_chat(args) -> int:
+    from krmini.chat.cli import chat_engine
+    from krmini.chat.repl import ChatSession, repl
+
+    _check_grounding(args)
+    sampling = _sampling(args)
+    with Store.open(args.db) as store:
+        searcher = Searcher(store, parse_kinds(args.units) if args.units else None)
+        command = memo_command(searcher, args.k, args.min_coverage)
+        session = ChatSession(chat_engine(args), sampling, system=args.system,
+                              commands={"/memo": ("QUESTION 메모를 근거로 답하기 (answer from the notes)", command)})
+        repl(session)
+    return 0
 
 
 def _report(summary: indexer.Summary, store: Store, kinds: tuple[str, ...]) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import threading
 import time
 from collections import Counter
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from krmini.apps.memo.chunks import CHUNK_CHARS, chunk_note
+from krmini.apps.memo.chunks import chunk_note
 from krmini.apps.memo.readers import SUFFIXES, Skip, read_notes
 from krmini.apps.memo.store import FileRow, Store
 from krmini.apps.memo.units import chunk_units, parse_kinds
@@ -63,7 +64,9 @@ def scan(roots: list[str]) -> dict[str, Found]:
         except OSError as exc:
             found[str(path)] = Found(str(path), root, 0, 0, f"unreadable ({exc.strerror or exc})")
             return
-        if path.is_symlink():
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or device named like a note would block or never end
+            skip = "not a regular file"
+        elif path.is_symlink():
             target = path.resolve()
             if not any(target == r or target.is_relative_to(r) for r in resolved_roots):
                 skip = "link to a file outside the indexed folders"
@@ -118,7 +121,6 @@ def configure(store: Store, units: str | None) -> tuple[str, ...]:
     if stored is None:
         kinds = parse_kinds(units or "bigram")
         store.set("units", "+".join(kinds))
-        store.set("chunk_chars", str(CHUNK_CHARS))
         return kinds
     if units is not None and parse_kinds(units) != parse_kinds(stored):
         raise KrminiError(f"{store.path}: this index uses --units {stored}; to change it pass --rebuild")
@@ -160,6 +162,8 @@ def index(store: Store, kinds: tuple[str, ...], max_mb: float = MAX_MB, progress
     with store.batch() as tick:
         for path in sorted(gone):
             store.remove(path)
+        # a folder added above an indexed one now holds its files: they are cited from the new folder
+        store.move_roots([(f.root, p) for p, f in found.items() if p in stored and stored[p].root != f.root])
         for done, f in enumerate(work, 1):
             _one(store, f, stored.get(f.path), kinds, max_mb, gone_by_hash, s, log)
             tick()
@@ -243,6 +247,8 @@ def status(store: Store) -> list[FileState]:
             out.append(FileState(path, f.root, "new"))
         elif f is None:
             out.append(FileState(path, row.root, "deleted"))
+        elif f.skip:  # known without reading it (a FIFO is never read)
+            out.append(FileState(path, row.root, "skipped", f.skip))
         elif (row.size, row.mtime_ns) != (f.size, f.mtime_ns) and _sha(path) != row.sha256:
             out.append(FileState(path, row.root, "changed"))
         else:

@@ -236,6 +236,11 @@ class Store:
         with self.transaction() as c:
             c.execute("UPDATE files SET size = ?, mtime_ns = ? WHERE path = ?", (size, mtime_ns, path))
 
+    def move_roots(self, moves: list[tuple[str, str]]) -> None:
+        """(new root, path) pairs: files now found under another indexed folder."""
+        with self.transaction() as c:
+            c.executemany("UPDATE files SET root = ? WHERE path = ?", moves)
+
     def remove(self, path: str) -> None:
         with self.transaction():
             self._drop(path)
