@@ -79,3 +79,4 @@ NON_NEGATIVE_INT = integer(0)
 SEED = integer(0, SEED_LIMIT - 1)
 FRACTION = number(0, 1, high_open=True)
 POSITIVE_NUMBER = number(0, low_open=True)
+SHARE = number(0, 1)  # a share from 0 to 1, both included

@@ -93,6 +93,10 @@ SPEC: dict[str, list[tuple]] = {
     "serve": [(P("model", "chat_run", "dir"), "--port", "{port}", *CPU),
               ("{run}", "--adapter", P("adapter", "adapter", "dir"), "--port", "{port}", *CPU)],
     "lora merge": [(P("run", "lora_run", "dir"), OUT_DIR, "--force")],
+    "bench memo": [("--corpus", P("corpus", "corpus", "any"), "--notes", "10", "--queries", "2", "--repeats", "1",
+                    "--json", JSON)],
+    "memo chat": [(P("model", "chat_run", "dir"), "--db", "{memo_db}", *CPU),
+                  ("{run}", "--adapter", P("adapter", "adapter", "dir"), "--db", "{memo_db}", *CPU)],
 }
 
 def slots(template: tuple) -> list[P]:
@@ -221,4 +225,11 @@ def write_inputs(root: Path, tiny_run: Path, chat_run: Path, lora_run: Path) -> 
             "corpus": corpus / "ko.txt", "text": corpus / "ko.txt", "heldout": heldout, "kobest": kobest.parent,
             "tokenizer": tiny_run / TOKENIZER_DIR, "data": tiny_run.parent / "data", "config": config,
             "sft_config": sft_config, "data_config": data_config, "chat_data": write_chat_jsonl(root / "chat.jsonl", 2),
-            "hf": hf}
+            "hf": hf, "memo_db": memo_index(corpus, root / "memo.db")}
+
+
+def memo_index(notes: Path, db: Path) -> Path:
+    from krmini.cli import main
+
+    assert main(["memo", "index", str(notes), "--db", str(db), "--quiet"]) == 0
+    return db

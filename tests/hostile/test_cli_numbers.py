@@ -85,6 +85,13 @@ RULES = {
     "report": {"--max-new-tokens": COUNT},
     "sft": {"--val-fraction": Rule(0, 1, True, True)},
     "serve": {"--port": Rule(1, 65535), "--max-tokens": COUNT},
+    "bench memo": {"--notes": COUNT, "--queries": COUNT, "--repeats": COUNT},
+    "memo index": {"--max-mb": POSITIVE, "--poll": POSITIVE},
+    "memo search": {"-k": COUNT},
+    "memo ask": {"--context": Rule(2), "-k": COUNT, "--min-coverage": Rule(0, 1), **SAMPLING},
+    "memo summarize": {"--context": Rule(2), **SAMPLING},
+    "memo chat": {"-k": COUNT, "--min-coverage": Rule(0, 1), **SAMPLING},
+    "memo eval": {"--limit": COUNT},
 }
 
 OPTIONS = numeric_options()
@@ -114,6 +121,13 @@ def base_argv(command: str, tmp) -> list[str]:
         "report": [m("run")],
         "sft": ["--base", m("base"), "--data", m("chat.jsonl"), *out],
         "serve": [m("run")],
+        "bench memo": ["--corpus", m("corpus")],
+        "memo index": [m("notes"), "--db", m("memo.db")],
+        "memo search": ["서울", "--db", m("memo.db")],
+        "memo ask": ["서울은?", "--db", m("memo.db"), "--backend", m("run")],
+        "memo summarize": [m("notes"), "--db", m("memo.db"), "--backend", m("run")],
+        "memo chat": [m("run"), "--db", m("memo.db")],
+        "memo eval": ["--notes", m("notes.jsonl"), "--questions", m("questions.jsonl")],
     }
     if command in argv:
         return [*command.split(), *argv[command]]

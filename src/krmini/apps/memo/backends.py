@@ -21,6 +21,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from krmini.argtypes import integer
 from krmini.chat.template import prompt_ids
 from krmini.errors import KrminiError
 from krmini.infer.engine import Engine
@@ -142,9 +143,9 @@ def _sse_text(response, where: str) -> Iterator[str]:
 def add_backend_args(p) -> None:
     p.add_argument("--backend", required=True, metavar="RUN|openai:URL",
                    help="a chat run or checkpoint directory, or openai:http://HOST:PORT (any OpenAI-compatible server)")
-    p.add_argument("--model", help="with openai:URL, the model name (default: the first of /v1/models)")
+    p.add_argument("--model", dest="served_model", help="with openai:URL, the model name (default: the first of /v1/models)")
     p.add_argument("--api-key", help="with openai:URL, the key (default: $OPENAI_API_KEY)")
-    p.add_argument("--context", type=int, help="with openai:URL, the model's context in tokens (default: what the "
+    p.add_argument("--context", type=integer(2, what="tokens: a prompt and a reply"), help="with openai:URL, the model's context in tokens (default: what the "
                                                f"server's /tokenize reports, else {DEFAULT_CONTEXT})")
 
 
@@ -153,7 +154,7 @@ def open_backend(args):
     if spec.startswith(OPENAI_PREFIX):
         if args.context is not None and args.context < 2:
             raise KrminiError(f"--context: expected at least 2 tokens, got {args.context}")
-        return OpenAIBackend.connect(spec[len(OPENAI_PREFIX):], args.api_key, args.model, args.context)
+        return OpenAIBackend.connect(spec[len(OPENAI_PREFIX):], args.api_key, args.served_model, args.context)
     from krmini.chat.cli import chat_engine
 
     local = argparse.Namespace(**vars(args))

@@ -14,7 +14,6 @@ Markdown files (`# first words` then the text) in a temporary folder of 1,000-no
 
 from __future__ import annotations
 
-import json
 import random
 import statistics
 import tempfile
@@ -26,8 +25,10 @@ from krmini.apps.memo import indexer
 from krmini.apps.memo.search import Searcher
 from krmini.apps.memo.store import Store
 from krmini.apps.memo.units import parse_kinds
+from krmini.argtypes import POSITIVE_INT
 from krmini.data.readers import ReadProblems, corpus_files, read_documents
 from krmini.errors import KrminiError
+from krmini.runs import check_output, write_json_atomic
 
 DEFAULT_CORPUS = "../shared/data/pretrain"
 TARGETS = {"notes_per_s": 200, "query_p95_ms": 50, "edit_s": 1.0}
@@ -129,9 +130,9 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("memo", help="memo index: notes/s, query p95, edit-one-note re-index time",
                               description=__doc__)
     p.add_argument("--corpus", nargs="+", default=[DEFAULT_CORPUS], help=f"prose to cut into notes (default: {DEFAULT_CORPUS})")
-    p.add_argument("--notes", type=int, default=10_000, help="notes in the large index (default 10000)")
-    p.add_argument("--queries", type=int, default=500, help="timed searches (default 500)")
-    p.add_argument("--repeats", type=int, default=5, help="single-note edits timed (default 5)")
+    p.add_argument("--notes", type=POSITIVE_INT, default=10_000, help="notes in the large index (default 10000)")
+    p.add_argument("--queries", type=POSITIVE_INT, default=500, help="timed searches (default 500)")
+    p.add_argument("--repeats", type=POSITIVE_INT, default=5, help="single-note edits timed (default 5)")
     p.add_argument("--units", default="bigram", help="bigram (default), kiwi or bigram+kiwi")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=run)
@@ -142,9 +143,11 @@ def _mark(ok: bool) -> str:
 
 
 def run(args) -> int:
-    for name in ("notes", "queries", "repeats"):
-        if getattr(args, name) < 1:
-            raise KrminiError(f"--{name}: expected at least 1, got {getattr(args, name)}")
+    for given in args.corpus:
+        if not Path(given).exists():
+            raise KrminiError(f"--corpus: {given}: no such file or folder")
+    if args.json:  # before the benchmark: a bad path costs nothing, and never lands on the corpus
+        check_output(args.json, "file", args.corpus)
     r = run_benchmark(args.corpus, args.notes, args.queries, args.repeats, args.units)
     print(f"bench memo ({r['mode']}, {r['units']} units): {r['notes']:,} notes → {r['chunks']:,} chunks, {r['db_mb']} MB")
     print(f"  indexing   {r['notes_per_s']:>8} notes/s   ({r['index_seconds']} s; target ≥ {TARGETS['notes_per_s']}: "
@@ -155,5 +158,5 @@ def run(args) -> int:
     print(f"  edit 1/1000 {r['edit_median_s']:>7} s         (slowest {r['edit_max_s']} s of {r['edit_repeats']}; "
           f"target < {TARGETS['edit_s']}: {_mark(r['edit_max_s'] < TARGETS['edit_s'])})")
     if args.json:
-        Path(args.json).write_text(json.dumps(r, ensure_ascii=False, indent=2), encoding="utf-8")
+        write_json_atomic(args.json, r)
     return 0

@@ -25,6 +25,7 @@ from krmini.apps.memo.backends import add_backend_args, open_backend
 from krmini.apps.memo.search import Searcher
 from krmini.apps.memo.store import Store, damaged
 from krmini.apps.memo.units import parse_kinds
+from krmini.argtypes import POSITIVE_INT, POSITIVE_NUMBER, SHARE
 from krmini.errors import KrminiError
 from krmini.infer.cli import add_device_args, add_sampling_args, sampling_from_args
 from krmini.infer.sampling import SamplingConfig
@@ -62,10 +63,10 @@ def register(subparsers) -> None:
     _db_arg(q)
     _units_arg(q, "unit kinds of a new index (default bigram; fixed afterwards)")
     q.add_argument("--rebuild", action="store_true", help="start a new index file (replaces a damaged or foreign one)")
-    q.add_argument("--max-mb", type=float, default=indexer.MAX_MB,
+    q.add_argument("--max-mb", type=POSITIVE_NUMBER, default=indexer.MAX_MB,
                    help=f"skip files larger than this (default {indexer.MAX_MB:g} MB)")
     q.add_argument("--watch", action="store_true", help="keep the index current while notes change (Ctrl-C stops)")
-    q.add_argument("--poll", type=float, metavar="SECONDS",
+    q.add_argument("--poll", type=POSITIVE_NUMBER, metavar="SECONDS",
                    help="with --watch: look for changes every SECONDS instead of file events")
     q.add_argument("-v", "--verbose", action="store_true", help="one line per file indexed or skipped")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -79,7 +80,7 @@ def register(subparsers) -> None:
     q = sub.add_parser("search", help="검색 / ranked chunks with file:line")
     q.add_argument("query")
     _db_arg(q)
-    q.add_argument("-k", type=int, default=5, help="how many chunks (default 5)")
+    q.add_argument("-k", type=POSITIVE_INT, default=5, help="how many chunks (default 5)")
     _units_arg(q, "unit kinds to search with (default: all the index has, fused)")
     q.add_argument("--json", action="store_true", help="one JSON object")
     q.set_defaults(func=_guarded(run_search))
@@ -114,8 +115,8 @@ def register(subparsers) -> None:
 
 
 def _grounding_args(q: argparse.ArgumentParser) -> None:
-    q.add_argument("-k", type=int, default=4, help="chunks to retrieve (default 4)")
-    q.add_argument("--min-coverage", type=float, default=MIN_COVERAGE,
+    q.add_argument("-k", type=POSITIVE_INT, default=4, help="chunks to retrieve (default 4)")
+    q.add_argument("--min-coverage", type=SHARE, default=MIN_COVERAGE,
                    help=f"answer only when the best chunk holds this share of the question (default {MIN_COVERAGE})")
     _units_arg(q, "unit kinds to search with (default: all the index has)")
     add_device_args(q)
@@ -128,15 +129,7 @@ def _sampling(args) -> SamplingConfig:
     return sampling
 
 
-def _check_grounding(args) -> None:
-    if args.k < 1:
-        raise KrminiError(f"-k: expected at least 1, got {args.k}")
-    if not 0 <= args.min_coverage <= 1:
-        raise KrminiError(f"--min-coverage: expected a share from 0 to 1, got {args.min_coverage}")
-
-
 def run_ask(args) -> int:
-    _check_grounding(args)
     sampling = _sampling(args)
     with Store.open(args.db) as store:
         results = Searcher(store, parse_kinds(args.units) if args.units else None).search(args.question, args.k)
@@ -189,7 +182,6 @@ def run_chat(args) -> int:
     from krmini.chat.cli import chat_engine
     from krmini.chat.repl import ChatSession, repl
 
-    _check_grounding(args)
     sampling = _sampling(args)
     with Store.open(args.db) as store:
         searcher = Searcher(store, parse_kinds(args.units) if args.units else None)
@@ -207,10 +199,7 @@ def _report(summary: indexer.Summary, store: Store, kinds: tuple[str, ...]) -> N
 
 
 def run_index(args) -> int:
-    if args.poll is not None and args.poll <= 0:
-        raise KrminiError(f"--poll: expected seconds > 0, got {args.poll}")
-    if args.max_mb <= 0:
-        raise KrminiError(f"--max-mb: expected a size > 0, got {args.max_mb}")
+    indexer.check_notes(args.notes)  # before the index file is made: a mistyped folder creates nothing
     with Store.open(args.db, create=True, rebuild=args.rebuild) as store:
         kinds = indexer.configure(store, args.units)
         if not indexer.add_roots(store, args.notes):
@@ -258,8 +247,6 @@ def _print_status(store: Store, everything: bool) -> None:
 
 
 def run_search(args) -> int:
-    if args.k < 1:
-        raise KrminiError(f"-k: expected at least 1, got {args.k}")
     with Store.open(args.db) as store:
         results = Searcher(store, parse_kinds(args.units) if args.units else None).search(args.query, args.k)
     if args.json:

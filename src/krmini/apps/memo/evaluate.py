@@ -17,6 +17,7 @@ from krmini.apps.memo import indexer
 from krmini.apps.memo.search import Searcher
 from krmini.apps.memo.store import Store
 from krmini.apps.memo.units import parse_kinds
+from krmini.argtypes import POSITIVE_INT
 from krmini.errors import KrminiError
 
 DEFAULT_NOTES = "../shared/data/eval/heldout_wiki_korquad1_dev_contexts.jsonl"
@@ -76,7 +77,7 @@ def register(sub) -> None:
     q.add_argument("--questions", default=DEFAULT_QUESTIONS,
                    help=f"questions JSONL {{question, paragraph_id}} (default: {DEFAULT_QUESTIONS})")
     q.add_argument("--units", default="bigram", help="bigram, kiwi or bigram+kiwi (default bigram)")
-    q.add_argument("--limit", type=int, help="only the first N questions")
+    q.add_argument("--limit", type=POSITIVE_INT, help="only the first N questions")
     q.add_argument("--json", action="store_true", help="print one JSON object")
     q.set_defaults(func=run)
 

@@ -127,14 +127,17 @@ def configure(store: Store, units: str | None) -> tuple[str, ...]:
     return parse_kinds(stored)
 
 
+def check_notes(notes: list[str]) -> None:
+    """Every folder or file of notes named exists (before an index file is made for them)."""
+    for given in notes:
+        if not Path(given).exists():
+            raise KrminiError(f"{given}: no such file or folder of notes")
+
+
 def add_roots(store: Store, notes: list[str]) -> list[str]:
     """The folders (and files) the index covers: the stored ones plus `notes`, as absolute paths."""
-    roots = set(store.roots())
-    for given in notes:
-        p = Path(given)
-        if not p.exists():
-            raise KrminiError(f"{given}: no such file or folder of notes")
-        roots.add(str(p.absolute()))
+    check_notes(notes)
+    roots = set(store.roots()) | {str(Path(given).absolute()) for given in notes}
     kept = sorted(roots)
     # a root inside another is covered by it
     kept = [r for r in kept if not any(r != o and Path(r).is_relative_to(o) for o in kept)]
