@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import copy
-import json
 import queue
 import time
-import urllib.error
-import urllib.request
 from dataclasses import replace
 
 import pytest
@@ -19,6 +16,7 @@ from krmini.infer.generate import TextStream, generate_ids, stream_text
 from krmini.infer.textstream import StopStrings
 from krmini.serve.worker import Done, Job, Worker
 from tests.conftest import MAX_TOKENS, greedy
+from tests.serve.http import call
 
 openai = pytest.importorskip("openai", reason="the openai client is in the dev extra: pip install -e '.[dev]'")
 
@@ -40,21 +38,9 @@ def client(chat_server):
 
 def raw(chat_server, path, body=None, key="default", method=None):
     """(status, parsed JSON or text) without the client's conveniences."""
-    headers = {"Content-Type": "application/json"}
-    if key:
-        headers["Authorization"] = f"Bearer {chat_server.key if key == 'default' else key}"
-    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-    req = urllib.request.Request(chat_server.url + path, data=data, headers=headers, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=120) as r:
-            text = r.read().decode("utf-8")
-            status = r.status
-    except urllib.error.HTTPError as err:
-        text, status = err.read().decode("utf-8"), err.code
-    try:
-        return status, json.loads(text)
-    except json.JSONDecodeError:
-        return status, text
+    method = method or ("GET" if body is None else "POST")
+    status, _, parsed = call(chat_server, method, path, body, key=True if key == "default" else key)
+    return status, parsed
 
 
 def test_chat_completion_matches_local_greedy_reply(client, chat_local):

@@ -7,9 +7,6 @@ server really answers with, and the server rejects exactly what the document rej
 from __future__ import annotations
 
 import copy
-import json
-import urllib.error
-import urllib.request
 
 import pytest
 
@@ -18,28 +15,10 @@ from krmini.infer.build import build_engine
 from krmini.infer.sampling import SEED_LIMIT
 from krmini.serve import api, schema
 from krmini.serve.worker import Worker
+from tests.serve.http import call
 
 HELLO = [{"role": "user", "content": "안녕하세요"}]
 CHAT, COMPLETE = "/v1/chat/completions", "/v1/completions"
-
-
-def call(server, method: str, path: str, body=None, key: bool = True) -> tuple[int, dict, object]:
-    """(status, lower-cased headers, parsed JSON or text) of one request to the live server."""
-    headers = {"Content-Type": "application/json"}
-    if key:
-        headers["Authorization"] = f"Bearer {server.key}"
-    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-    req = urllib.request.Request(server.url + path, data=data, headers=headers, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=120) as r:
-            status, head, text = r.status, dict(r.headers), r.read().decode("utf-8")
-    except urllib.error.HTTPError as err:
-        status, head, text = err.code, dict(err.headers), err.read().decode("utf-8")
-    head = {k.lower(): v for k, v in head.items()}
-    try:
-        return status, head, json.loads(text)
-    except json.JSONDecodeError:
-        return status, head, text
 
 
 @pytest.fixture(scope="module")
@@ -219,3 +198,17 @@ def test_a_500_tells_the_client_nothing_internal(keyless, monkeypatch, caplog):
     assert (r.status_code, r.json()) == (500, internal)
     assert any(SECRET in rec.getMessage() for rec in caplog.records if rec.name == api.log.name)  # logged instead
     assert client.post(CHAT, json={"messages": HELLO, "max_tokens": 2}).status_code == 200  # and the server goes on
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("temperature", 5, "temperature: expected a value <= 2, got 5"),
+    ("top_p", 0, "top_p: expected a value > 0, got 0"),
+    ("seed", False, "seed: expected an integer, got false"),
+    ("seed", 2**64, "seed: expected a value <= 18446744073709551615, got 18446744073709551616"),
+    ("n", "2", 'n: expected an integer, got "2"'),
+    ("stop", ["a"] * 5, "stop: expected at most 4 items, got 5"),
+    ("temperature", float("nan"), "temperature: expected a finite number, got nan"),  # the engine's own check
+])
+def test_errors_are_worded_as_the_cli_words_them(chat_server, field, value, message):
+    status, _, body = call(chat_server, "POST", CHAT, {"messages": HELLO, field: value})
+    assert (status, body["error"]["message"], body["error"]["param"]) == (400, message, field)

@@ -114,17 +114,24 @@ def staged_dir(path: str | Path, force: bool = False, inputs: Iterable[str | Pat
     check_target(path, force, inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
+    with _building(tmp):
+        yield tmp
+    _remove(path)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+@contextmanager
+def _building(tmp: Path) -> Iterator[None]:
+    """`tmp` made empty to build in: synced to disk when the body returns, removed if it raises."""
     _remove(tmp)
     tmp.mkdir()
     try:
-        yield tmp
+        yield
         _fsync_tree(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _remove(path)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 @contextmanager
@@ -142,14 +149,8 @@ def staged_files(directory: str | Path, replaces: Callable[[str], bool], last: s
         raise KrminiError(f"{directory}: exists and is not a directory; expected a directory to write into")
     tmp = directory.with_name(f"{directory.name}.{Path(last).stem}{TMP_SUFFIX}")  # one per part: parts may run at once
     directory.parent.mkdir(parents=True, exist_ok=True)
-    _remove(tmp)
-    tmp.mkdir()
-    try:
+    with _building(tmp):
         yield tmp
-        _fsync_tree(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if not directory.exists():
         os.replace(tmp, directory)
         fsync_dir(directory.parent)

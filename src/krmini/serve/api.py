@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import html
 import json
+import math
 import secrets
 import time
 import uuid
@@ -86,6 +87,33 @@ class Submission:
             self.cancel()
 
 
+BOUNDS = {"greater_than_equal": (">=", "ge"), "less_than_equal": ("<=", "le"), "greater_than": (">", "gt"),
+          "less_than": ("<", "lt")}
+TYPES = {"int_type": "an integer", "int_from_float": "an integer", "float_type": "a number", "string_type": "a string",
+         "bool_type": "true or false", "list_type": "a list"}
+
+
+def expected(error: dict) -> str:
+    """A field's validation error in the words the CLI and the Python API use ("expected …, got …")."""
+    got = json.dumps(error.get("input"), ensure_ascii=False)[:80]
+    kind, ctx, value = error["type"], error.get("ctx", {}), error.get("input")
+    if isinstance(value, float) and not math.isfinite(value):  # JSON's NaN and Infinity fail every bound
+        return f"expected a finite number, got {value}"
+    if kind in BOUNDS:
+        op, key = BOUNDS[kind]
+        limit = ctx[key]
+        return f"expected a value {op} {int(limit) if float(limit).is_integer() else limit}, got {got}"
+    if kind in TYPES:
+        return f"expected {TYPES[kind]}, got {got}"
+    if kind in ("too_long", "too_short"):
+        most = "at most" if kind == "too_long" else "at least"
+        bound = ctx.get("max_length") if kind == "too_long" else ctx.get("min_length")
+        return f"expected {most} {bound} item{'' if bound == 1 else 's'}, got {ctx.get('actual_length')}"
+    if kind == "string_too_short":
+        return "expected a non-empty string"
+    return error["msg"]
+
+
 def invalid_body(exc: RequestValidationError) -> tuple[str, str | None]:
     """(message, param) for a request FastAPI could not read or validate. Of a union's failures the one
     that got past the type (`stop: [5 strings]` is too long, not "not a string") says what is wrong."""
@@ -101,7 +129,7 @@ def invalid_body(exc: RequestValidationError) -> tuple[str, str | None]:
     # loc is ("body", field, index, ...) with pydantic's union member tags ("str", "list[...]") between
     param = ".".join(str(p) for p in first["loc"][1:] if isinstance(p, int) or p in schema.FIELDS) or None
     if param:
-        return f"{param}: {first['msg']}", param
+        return f"{param}: {expected(first)}", param
     if first["type"] in ("missing", "model_type", "model_attributes_type", "dict_type"):
         return "request body: expected a JSON object (Content-Type: application/json)", None
     return f"request body: {first['msg']}", None
