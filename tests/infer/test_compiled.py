@@ -58,6 +58,7 @@ def test_compiled_decoding_gives_the_eager_tokens(compiled):
     assert torch._inductor.config.freezing is False  # frozen weights only inside the decoder's own graph
 
 
+@pytest.mark.integration  # minutes of CPU in `make test`; `make test-integration` runs it
 def test_autotuned_step_gives_the_eager_tokens(small_model):
     model = fuse_for_decoding(copy.deepcopy(small_model))
     decoder = CompiledDecoder(model)
@@ -121,6 +122,7 @@ def test_large_bf16_models_skip_the_micro_gemm_autotuning(small_model, monkeypat
     assert not compiled_module._streams_bf16_weights(bf16)
 
 
+@pytest.mark.integration  # minutes of CPU in `make test`; `make test-integration` runs it
 def test_several_decoders_in_one_process_do_not_exhaust_dynamos_recompile_limit(small_model, monkeypatch):
     """Every model is a new graph of one function; Dynamo's per-function limit (8 by default, 1 here)
     must not turn the second decoder into an error."""

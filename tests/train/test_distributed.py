@@ -45,6 +45,7 @@ def _assert_same_curve(run: Path, reference: Path, steps: range, tol: float = 1e
         assert abs(ours[step] - ref[step]) <= tol, f"step {step}: {ours[step]} vs {ref[step]}"
 
 
+@pytest.mark.integration  # minutes of CPU in `make test`; `make test-integration` runs it
 def test_ddp_two_processes_match_single_process(micro_data, single, tmp_path):
     out = tmp_path / "ddp"
     proc = run_krmini("train", "--nproc", "2", "--config", "tiny", *_args(micro_data, out, 20), timeout=240)
@@ -54,6 +55,7 @@ def test_ddp_two_processes_match_single_process(micro_data, single, tmp_path):
     assert runs.read_state(runs.resolve_checkpoint(out))["world_size"] == 2
 
 
+@pytest.mark.integration  # minutes of CPU in `make test`; `make test-integration` runs it
 def test_fsdp_checkpoint_reloads_and_resumes_in_one_process(micro_data, single, tmp_path):
     out = tmp_path / "fsdp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "krmini.train",
