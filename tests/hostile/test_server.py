@@ -4,12 +4,11 @@ rules allow is answered with 200."""
 
 from __future__ import annotations
 
-import json
 import math
-import urllib.error
-import urllib.request
 
 import pytest
+
+from tests.serve.http import call
 
 NAN, INF = math.nan, math.inf
 # as in the CLI and the Python API; json.dumps writes NaN/Infinity, which the server's JSON parser reads
@@ -41,23 +40,11 @@ RULES = {
 ENDPOINTS = {"chat": ("/v1/chat/completions", {"messages": [{"role": "user", "content": "안녕하세요"}]}),
              "completions": ("/v1/completions", {"prompt": "대한민국은"})}
 
-# What the server does today that the rules above do not allow (api.py is being changed elsewhere).
-NUMBERS = ("temperature", "top_p", "n", "max_tokens", "max_completion_tokens", "seed")
 
 
 def post(server, path: str, body: dict) -> tuple[int, object]:
-    req = urllib.request.Request(server.url + path, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json",
-                                          "Authorization": f"Bearer {server.key}"})
-    try:
-        with urllib.request.urlopen(req, timeout=120) as r:
-            status, text = r.status, r.read().decode("utf-8")
-    except urllib.error.HTTPError as err:
-        status, text = err.code, err.read().decode("utf-8")
-    try:
-        return status, json.loads(text)
-    except json.JSONDecodeError:
-        return status, text
+    status, _, payload = call(server, "POST", path, body)
+    return status, payload
 
 
 CASES = [pytest.param(e, f, v, id=f"{e}-{f}={v!r}") for e in ENDPOINTS for f in RULES for v in HOSTILE
