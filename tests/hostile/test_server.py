@@ -41,7 +41,6 @@ ENDPOINTS = {"chat": ("/v1/chat/completions", {"messages": [{"role": "user", "co
              "completions": ("/v1/completions", {"prompt": "대한민국은"})}
 
 
-
 def post(server, path: str, body: dict) -> tuple[int, object]:
     status, _, payload = call(server, "POST", path, body)
     return status, payload
