@@ -5,6 +5,7 @@
     GET  /v1/models             the one served model
     POST /v1/chat/completions   messages → reply, rendered with the chat template
     POST /v1/completions        plain text continuation
+    POST /v1/embeddings         texts (or token ids) → unit vectors: the model's mean-pooled final hidden states
     POST /tokenize              a conversation's prompt token count and the context (as vLLM's)
     GET  /openapi.json          the OpenAPI document of all of these (`krmini.serve.schema`)
 
@@ -17,6 +18,7 @@ rejects (never FastAPI's 422), 401 without the API key (on /v1/ and /openapi.jso
 from __future__ import annotations
 
 import asyncio
+import base64
 import html
 import json
 import math
@@ -146,7 +148,8 @@ def create_app(worker: Worker, model_name: str, api_key: str | None = None, defa
     def openapi() -> dict:
         if app.openapi_schema is None:
             spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            app.openapi_schema = schema.describe(spec, model_name, keyed=bool(api_key))
+            app.openapi_schema = schema.describe(spec, model_name, keyed=bool(api_key),
+                                                 vocab=engine.model.config.vocab_size)
         return app.openapi_schema
 
     app.openapi = openapi
@@ -207,12 +210,15 @@ def create_app(worker: Worker, model_name: str, api_key: str | None = None, defa
         ids = conversation(req.messages)
         return {"count": len(ids), "max_model_len": context, "tokens": ids}
 
+    def served(model: str | None) -> None:
+        if model not in (None, model_name):
+            raise APIError(404, f"model {model!r} does not exist; this server serves {model_name!r}",
+                           param="model", code="model_not_found")
+
     def check(req: Sampling, prompts: list[list[int]], max_tokens: int | None) -> list[tuple[list[int], SamplingConfig]]:
         """Each prompt with its sampling settings (its `n` choices share one prefill), checked once
         through `Engine.prepare`: a bad request fails here, alone, before it joins a batch."""
-        if req.model not in (None, model_name):
-            raise APIError(404, f"model {req.model!r} does not exist; this server serves {model_name!r}",
-                           param="model", code="model_not_found")
+        served(req.model)
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         sampling = SamplingConfig(max_new_tokens=max_tokens or default_max_tokens, temperature=req.temperature,
                                   top_k=0, top_p=req.top_p, seed=req.seed, n=req.n, stop=tuple(stops))
@@ -306,5 +312,28 @@ def create_app(worker: Worker, model_name: str, api_key: str | None = None, defa
         texts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         prompts = [[tokenizer.bos_id, *tokenizer.encode(t)] for t in texts]
         return await respond(req, prompts, req.max_tokens, chat=False)
+
+    @app.post("/v1/embeddings", responses={
+        200: {"description": "one unit vector per input, in order", "model": schema.EmbeddingList},
+        400: schema.error("invalid request: the field at fault is `error.param`"),
+        404: schema.error("`model` is not the served model (code `model_not_found`)")})
+    async def embeddings(req: schema.EmbeddingRequest):
+        """Mean-pooled final hidden states (after the final norm), L2-normalised (`Engine.embed`). A text
+        is BOS + its tokens; an input longer than the context is cut to its first context tokens."""
+        served(req.model)
+        one = isinstance(req.input, str) or isinstance(req.input[0], int)
+        inputs = [req.input] if one else req.input
+        ids = [([tokenizer.bos_id, *tokenizer.encode(x)] if isinstance(x, str) else list(x))[:context] for x in inputs]
+        try:
+            rows = await asyncio.to_thread(worker.embed, ids)  # between the worker's batches
+        except KrminiError as exc:  # a token id outside the vocabulary
+            raise APIError(400, str(exc), param="input") from None
+        if req.encoding_format == "base64":
+            vectors = [base64.b64encode(row.numpy().astype("<f4").tobytes()).decode() for row in rows]
+        else:
+            vectors = rows.tolist()
+        tokens = sum(map(len, ids))
+        return {"object": "list", "model": model_name, "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]}
 
     return app
