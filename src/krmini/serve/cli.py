@@ -14,7 +14,7 @@ from krmini.infer.cli import add_device_args
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "serve", help="API 서버·웹 채팅 / OpenAI-compatible server and web chat page",
-        description="Serve a chat model: POST /v1/chat/completions and /v1/completions (stream or not), "
+        description="Serve a chat model: POST /v1/chat/completions and /v1/completions (stream or not), POST /v1/embeddings, "
         "GET /v1/models, GET /health, GET /openapi.json, and a web chat page at /. Binds 127.0.0.1 unless --host says otherwise.",
     )
     p.add_argument("model", metavar="RUN", help="SFT run or checkpoint directory")

@@ -5,7 +5,9 @@
     units.py    Korean-aware search units: character bigrams (always), Kiwi morphemes (optional)
     store.py    the one SQLite file: files, chunks, terms and postings; checked on open
     indexer.py  incremental indexing by content hash, per-file status, --watch
-    search.py   BM25 per unit kind inside SQLite, score fusion, coverage, citations
+    embed.py    embedders (st: sentence-transformers, openai: /v1/embeddings) and the reranker
+    vectors.py  one vector per chunk in the same file, embedded incrementally; brute-force dense ranking
+    search.py   lexical (BM25 inside SQLite), dense and hybrid search, fusion, coverage, citations
     evaluate.py `krmini memo eval`: recall@k and MRR on a question set
     backends.py a run directory (our engine) or an OpenAI-compatible server: context, count, stream
     ask.py      retrieve → a prompt that fits the model's context → streamed answer with [n] citations;

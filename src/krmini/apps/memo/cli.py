@@ -228,7 +228,7 @@ def _index_embedder(args, store: Store) -> Embedder | None:
     if args.embed is None and identity is None:
         return None
     spec = args.embed or identity.spec
-    model = args.embed_model or (identity.name if identity.kind == "openai" and not args.embed else None)
+    model = args.embed_model or (identity.name if not args.embed and identity.kind == "openai" else None)
     try:
         embedder = open_embedder(spec, model, args.embed_api_key)
     except KrminiError as exc:

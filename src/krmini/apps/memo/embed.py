@@ -75,6 +75,9 @@ def _sentence_transformers():
 
 
 def _load(cls, flag: str, name: str):
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own lines only: no loading bars on stderr
     local = Path(name).expanduser()
     resolved = str(local.resolve()) if local.exists() else name
     try:

@@ -239,7 +239,7 @@ def open_searcher(store: Store, args, embedder: Embedder | None = None) -> Searc
         embedder = None
     elif embedder is None and has:
         spec = args.embed or identity.spec
-        model = args.embed_model or (identity.name if identity.kind == "openai" and not args.embed else None)
+        model = args.embed_model or (identity.name if not args.embed and identity.kind == "openai" else None)
         try:
             embedder = open_embedder(spec, model, args.embed_api_key)
         except KrminiError as exc:
