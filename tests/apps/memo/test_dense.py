@@ -19,7 +19,7 @@ from krmini.apps.memo.search import Searcher, fuse
 from krmini.apps.memo.store import SCHEMA_VERSION, Store
 from krmini.cli import main
 from krmini.errors import KrminiError
-from tests.apps.memo.conftest import MEETING, open_index, reindex, write_notes
+from tests.apps.memo.conftest import MEETING, open_index, reindex
 
 
 class Fake:

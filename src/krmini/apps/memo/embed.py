@@ -166,8 +166,9 @@ def add_embed_args(p: argparse.ArgumentParser, index: bool = False) -> None:
     what = ("embed the chunks with this model (kept by the index: later runs embed only new chunks)" if index else
             "the embedder to search with (default: the one the index was embedded with)")
     p.add_argument("--embed", metavar="st:MODEL|openai:URL", help=what)
-    p.add_argument("--embed-model", help="with --embed openai:URL, the model name (default: the first of /v1/models)")
-    p.add_argument("--embed-api-key", help="with --embed openai:URL, the key (default: $OPENAI_API_KEY)")
+    p.add_argument("--embed-model", metavar="NAME",
+                   help="with --embed openai:URL, the model name (default: the first of /v1/models)")
+    p.add_argument("--embed-api-key", metavar="KEY", help="with --embed openai:URL, the key (default: $OPENAI_API_KEY)")
     if not index:
         p.add_argument("--mode", choices=MODES,
                        help="lexical (BM25), dense (embeddings) or hybrid (both, fused); default: hybrid when the "

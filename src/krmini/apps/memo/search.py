@@ -172,31 +172,31 @@ class Searcher:
         return list(c.execute(sql, params))
 
     def _lexical(self, query: str, n: int, depth: int) -> tuple[list[tuple[int, float]], dict]:
-        """The lexical ranking (the kinds' scores fused) and the first kind's known units (for coverage)."""
-        lists, first = [], {}
+        """The lexical ranking (the kinds' scores fused; none in dense mode) and, for coverage, the first
+        kind's single units (not word pairs) → (key, idf), None for a unit no chunk holds."""
+        lists, words = [], {}
         for i, kind in enumerate(self.kinds):
-            known = self._known(kind, analyze(kind, [query], query=True)[0], n)
+            units = analyze(kind, [query], query=True)[0]
+            known = self._known(kind, units, n)
             if i == 0:
-                first = known
+                words = {u: known.get(u) for u in units if " " not in u}
             if self.mode != "dense":
                 lists.append(self._ranked(kind, known, max(depth, DEPTH) if len(self.kinds) > 1 else depth))
         if len(lists) <= 1:
-            return (lists[0] if lists else []), first
+            return (lists[0] if lists else []), words
         fused: dict[int, float] = {}
         for kind, ranked in zip(self.kinds, lists, strict=True):
             top = ranked[0][1] if ranked else 1.0
             for chunk, score in ranked:
                 fused[chunk] = fused.get(chunk, 0.0) + FUSION_WEIGHTS[kind] * score / top
-        return sorted(fused.items(), key=lambda item: (-item[1], item[0])), first
+        return sorted(fused.items(), key=lambda item: (-item[1], item[0])), words
 
     def search(self, query: str, k: int = 10) -> Results:
         c = self.store.conn
         n = c.execute("SELECT count(*) FROM lengths").fetchone()[0]
         wanted = max(k, RERANK_DEPTH) if self.reranker else k
         depth = max(wanted, DEPTH) if self.mode == "hybrid" else wanted
-        lexical, known = self._lexical(query, n, depth)
-        units = analyze(self.kinds[0], [query], query=True)[0]
-        words = {u: known.get(u) for u in units if " " not in u}  # coverage: single units, not word pairs
+        lexical, words = self._lexical(query, n, depth)
         dense = [] if self.matrix is None else self.matrix.rank(self.embedder.embed([query], query=True)[0], depth)
         order = lexical if self.mode == "lexical" else dense if self.mode == "dense" else fuse(lexical, dense)
         weights = {v[0]: v[1] for v in words.values() if v is not None}
