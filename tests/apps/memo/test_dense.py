@@ -98,12 +98,17 @@ def test_mode_lines_say_what_ran(notes_dir, tmp_path):
     assert dense.describe() == "mode: dense (st:fake, 64-dim)"
     assert dense.hits[0].where == "notes/여행.md:3-5" and dense.hits[0].score > dense.hits[1].score
     hybrid = Searcher(store, embedder=fake).search("마케팅 예산은?", 3)
-    assert hybrid.mode == "hybrid" and hybrid.describe() == "mode: hybrid (bigram + st:fake, 64-dim; score fusion)"
+    assert hybrid.mode == "hybrid"
+    assert hybrid.describe() == "mode: hybrid (bigram + st:fake, 64-dim; score fusion, dense weight 0.25)"
     assert hybrid.hits[0].where == "notes/회의/3월.md:5-6"
+    lexical = Searcher(store).search("마케팅 예산은?", 5).hits
+    unweighted = Searcher(store, embedder=fake, dense_weight=0.0).search("마케팅 예산은?", 5).hits
+    assert [h.chunk_id for h in unweighted][:len(lexical)] == [h.chunk_id for h in lexical]
     (notes_dir / "새.md").write_text("# 새 노트\n\n아직 벡터가 없다.\n", encoding="utf-8")
     reindex(store, kinds)  # indexed, not embedded: the line says so
     partial = Searcher(store, embedder=fake).search("새 노트", 1)
-    assert partial.describe() == "mode: hybrid (bigram + st:fake, 64-dim; score fusion; 5 of 6 chunks have vectors)"
+    assert partial.describe() == ("mode: hybrid (bigram + st:fake, 64-dim; score fusion, dense weight 0.25; "
+                                  "5 of 6 chunks have vectors)")
     assert partial.hits[0].where == "notes/새.md:3"  # found by its words, which the dense list cannot
     with pytest.raises(KrminiError, match=r"--mode dense: needs an embedder \(the index's is st:fake \(64-dim\)\)"):
         Searcher(store, mode="dense")
@@ -122,9 +127,10 @@ def test_another_model_is_refused_in_one_line(notes_dir, tmp_path):
 
 def test_fusion_adds_the_lists_and_keeps_single_list_order():
     lexical = [(1, 9.0), (2, 6.0), (3, 3.0)]
-    dense = [(3, 0.9), (4, 0.8), (1, 0.5)]
-    fused = fuse(lexical, dense)
-    assert [c for c, _ in fused] == [1, 3, 2, 4]  # 1: 1 + 0; 3: 1/3 + 0.5; 2: 2/3; 4: 0.5 · 0.75
+    dense = [(3, 0.9), (4, 0.8), (1, 0.5)]  # min-max scaled: 1, 0.75, 0
+    assert [c for c, _ in fuse(lexical, dense, 0.5)] == [1, 3, 2, 4]  # 1 + 0; 1/3 + 0.5; 2/3; 0.5 · 0.75
+    fused = fuse(lexical, dense)  # weight 0.25: 1; 2/3; 1/3 + 0.25; 0.1875
+    assert [(c, round(s, 4)) for c, s in fused] == [(1, 1.0), (2, 0.6667), (3, 0.5833), (4, 0.1875)]
     assert [c for c, _ in fuse(lexical, [])] == [1, 2, 3] and [c for c, _ in fuse([], dense)] == [3, 4, 1]
     assert fuse([], []) == []
 
@@ -163,15 +169,17 @@ def test_cli_with_a_sentence_transformers_model(notes_dir, tmp_path, capsys, st_
     code, out, _ = run(capsys, "status", "--db", db)
     assert out[2] == f"vectors: 5 of 5 chunks, st:{embed} (32-dim)"
     code, out, _ = run(capsys, "search", "마케팅 예산은?", "--db", db, "-k", "1")
-    assert out[0] == f"mode: hybrid (bigram + st:{embed}, 32-dim; score fusion) — 1 of 5 chunks"
+    assert out[0] == f"mode: hybrid (bigram + st:{embed}, 32-dim; score fusion, dense weight 0.25) — 1 of 5 chunks"
     assert out[1].startswith("[1] notes/회의/3월.md:5-6")
+    code, out, _ = run(capsys, "search", "마케팅 예산은?", "--db", db, "-k", "1", "--dense-weight", "1.5")
+    assert out[0] == f"mode: hybrid (bigram + st:{embed}, 32-dim; score fusion, dense weight 1.5) — 1 of 5 chunks"
     code, out, _ = run(capsys, "search", "마케팅 예산은?", "--db", db, "--mode", "dense", "--json")
     found = json.loads(out[0])
     assert (found["mode"], found["embedder"], found["vectors"], len(found["hits"])) == ("dense", f"st:{embed}, 32-dim",
                                                                                        5, 5)
     code, out, _ = run(capsys, "search", "마케팅 예산은?", "--db", db, "--rerank", f"st:{rerank}", "-k", "2")
-    assert out[0] == (f"mode: hybrid (bigram + st:{embed}, 32-dim; score fusion; reranked top 20 by st:{rerank}) "
-                      "— 2 of 5 chunks")
+    assert out[0] == (f"mode: hybrid (bigram + st:{embed}, 32-dim; score fusion, dense weight 0.25; reranked top 20 "
+                      f"by st:{rerank}) — 2 of 5 chunks")
     other = tmp_path / "other"
     shutil.copytree(embed, other)
     code, _, err = run(capsys, "search", "예산", "--db", db, "--embed", f"st:{other}")
@@ -218,7 +226,8 @@ def test_the_openai_embedder_against_our_server(notes_dir, tmp_path, capsys, cha
     assert np.allclose(np.frombuffer(row[2], dtype="<f4"), served.embed([vectors.passage(row[0], row[1])])[0],
                        atol=1e-6)
     code, out, _ = run(capsys, "search", "마케팅 예산은?", "--db", db, "--embed-api-key", key, "-k", "1")
-    assert out[0] == "mode: hybrid (bigram + openai:krmini-test, 192-dim; score fusion) — 1 of 5 chunks"
+    assert out[0] == ("mode: hybrid (bigram + openai:krmini-test, 192-dim; score fusion, dense weight 0.25) "
+                      "— 1 of 5 chunks")
     code, _, err = run(capsys, "search", "예산", "--db", db, "--mode", "dense")  # no key
     assert code == 1 and err == [f"krmini: error: {url}/v1/embeddings: HTTP 401 missing or incorrect API key "
                                  "(Authorization: Bearer KEY)"]

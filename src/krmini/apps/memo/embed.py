@@ -27,12 +27,14 @@ from typing import Protocol
 import numpy as np
 
 from krmini.apps.memo.backends import OpenAIBackend
+from krmini.argtypes import number
 from krmini.errors import KrminiError
 
 ST, OPENAI = "st:", "openai:"
 BATCH = 64  # texts per /v1/embeddings request
 RERANK_DEPTH = 20
 MODES = ("lexical", "dense", "hybrid")
+DENSE_WEIGHT = 0.25  # hybrid: the dense ranking's weight against the lexical one's 1 (search.fuse, docs/memo.md)
 
 
 @dataclass(frozen=True)
@@ -173,5 +175,8 @@ def add_embed_args(p: argparse.ArgumentParser, index: bool = False) -> None:
         p.add_argument("--mode", choices=MODES,
                        help="lexical (BM25), dense (embeddings) or hybrid (both, fused); default: hybrid when the "
                             "index has vectors, else lexical")
+        p.add_argument("--dense-weight", type=number(0), default=DENSE_WEIGHT, metavar="W",
+                       help=f"hybrid: the dense ranking's weight against the lexical one's 1 (default {DENSE_WEIGHT:g}, "
+                            "measured with weak embedders; a strong one may earn more)")
         p.add_argument("--rerank", metavar="st:MODEL",
                        help=f"reorder the top {RERANK_DEPTH} hits with this sentence-transformers CrossEncoder")

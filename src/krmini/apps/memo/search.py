@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass, replace
 
 from krmini.apps.memo import vectors
-from krmini.apps.memo.embed import MODES, RERANK_DEPTH, Embedder, Reranker, open_embedder
+from krmini.apps.memo.embed import DENSE_WEIGHT, MODES, RERANK_DEPTH, Embedder, Reranker, open_embedder
 from krmini.apps.memo.indexer import display
 from krmini.apps.memo.store import Store, document_frequencies, term_key
 from krmini.apps.memo.units import analyze, kiwi_available, parse_kinds
@@ -38,8 +38,6 @@ from krmini.errors import KrminiError
 K1, B = 0.5, 0.75
 FUSION_WEIGHTS = {"bigram": 1.0, "kiwi": 0.5}
 DEPTH = 100  # each ranked list that fusion sees
-DENSE_WEIGHT = 0.5  # hybrid: the dense ranking's weight against the lexical one's 1 (docs/memo.md)
-FUSION = "score fusion"
 
 
 @dataclass(frozen=True)
@@ -78,11 +76,13 @@ class Results:
     embedder: str | None = None  # dense and hybrid: the model the question was embedded with
     vectors: int = 0  # chunks with a vector
     reranker: str | None = None
+    dense_weight: float = DENSE_WEIGHT
 
     def describe(self) -> str:
         lexical = "+".join(self.kinds) + (", score fusion" if len(self.kinds) > 1 else "")
         how = {"lexical": lexical, "dense": self.embedder,
-               "hybrid": f"{'+'.join(self.kinds)} + {self.embedder}; {FUSION}"}[self.mode]
+               "hybrid": f"{'+'.join(self.kinds)} + {self.embedder}; score fusion, dense weight {self.dense_weight:g}"
+               }[self.mode]
         notes = [f"{self.vectors} of {self.chunks} chunks have vectors"] if (
             self.mode != "lexical" and self.vectors < self.chunks) else []
         notes += [f"reranked top {RERANK_DEPTH} by {self.reranker}"] if self.reranker else []
@@ -101,9 +101,11 @@ def _idf(n: int, df: int) -> float:
     return math.log(1 + (n - df + 0.5) / (df + 0.5))
 
 
-def fuse(lexical: list[tuple[int, float]], dense: list[tuple[int, float]]) -> list[tuple[int, float]]:
-    """Hybrid: lexical scores divided by the best one, plus `DENSE_WEIGHT` times the cosines min-max
-    scaled over the dense list (a chunk missing from a list gets 0 from it), best first."""
+def fuse(lexical: list[tuple[int, float]], dense: list[tuple[int, float]],
+         weight: float = DENSE_WEIGHT) -> list[tuple[int, float]]:
+    """Hybrid: lexical scores divided by the best one, plus `weight` times the cosines min-max scaled
+    over the dense list (a chunk missing from a list gets 0 from it), best first. The dense list moves a
+    chunk by at most `weight` against the lexical best's 1, which bounds what a weak embedder can spoil."""
     fused: dict[int, float] = {}
     if lexical:
         top = lexical[0][1] or 1.0
@@ -112,19 +114,20 @@ def fuse(lexical: list[tuple[int, float]], dense: list[tuple[int, float]]) -> li
     if dense:
         high, low = dense[0][1], dense[-1][1]
         for chunk, score in dense:
-            fused[chunk] = fused.get(chunk, 0.0) + DENSE_WEIGHT * ((score - low) / (high - low) if high > low else 1.0)
+            fused[chunk] = fused.get(chunk, 0.0) + weight * ((score - low) / (high - low) if high > low else 1.0)
     return sorted(fused.items(), key=lambda item: (-item[1], item[0]))
 
 
 class Searcher:
     """Searches one index; `kinds` (default: every kind it has) must be among the index's.
 
-    `mode` (default: hybrid with an `embedder`, else lexical) dense and hybrid need the embedder the
-    index's vectors come from; `reranker` reorders the top hits."""
+    `mode` (default: hybrid with an `embedder`, else lexical): dense and hybrid need the embedder the
+    index's vectors come from; `dense_weight` is hybrid's (`fuse`); `reranker` reorders the top hits."""
 
     def __init__(self, store: Store, kinds: tuple[str, ...] | None = None, mode: str | None = None,
-                 embedder: Embedder | None = None, reranker: Reranker | None = None):
-        self.store = store
+                 embedder: Embedder | None = None, reranker: Reranker | None = None,
+                 dense_weight: float = DENSE_WEIGHT):
+        self.store, self.dense_weight = store, dense_weight
         have = index_kinds(store)
         asked = kinds or have
         missing = [k for k in asked if k not in have]
@@ -198,7 +201,8 @@ class Searcher:
         depth = max(wanted, DEPTH) if self.mode == "hybrid" else wanted
         lexical, words = self._lexical(query, n, depth)
         dense = [] if self.matrix is None else self.matrix.rank(self.embedder.embed([query], query=True)[0], depth)
-        order = lexical if self.mode == "lexical" else dense if self.mode == "dense" else fuse(lexical, dense)
+        order = (lexical if self.mode == "lexical" else dense if self.mode == "dense"
+                 else fuse(lexical, dense, self.dense_weight))
         weights = {v[0]: v[1] for v in words.values() if v is not None}
         total = sum(weights.values()) + sum(v is None for v in words.values()) * _idf(n, 0)
         hits = [self._hit(chunk, score, weights, total) for chunk, score in order[:wanted]]
@@ -210,7 +214,7 @@ class Searcher:
         return Results(hits[:k], self.kinds, n, self.fallback, self.mode,
                        f"{identity.kind}:{identity.name}, {identity.dim}-dim" if identity else None,
                        len(self.matrix) if self.matrix is not None else 0,
-                       self.reranker.name if self.reranker else None)
+                       self.reranker.name if self.reranker else None, self.dense_weight)
 
     def _hit(self, chunk: int, score: float, weights: dict[int, float], total: float) -> Hit:
         c = self.store.conn
@@ -248,4 +252,4 @@ def open_searcher(store: Store, args, embedder: Embedder | None = None) -> Searc
                                   "without them)") from None
             raise
     reranker = Reranker(args.rerank) if args.rerank else None
-    return Searcher(store, kinds, mode, embedder, reranker)
+    return Searcher(store, kinds, mode, embedder, reranker, args.dense_weight)
