@@ -34,7 +34,7 @@ ST, OPENAI = "st:", "openai:"
 BATCH = 64  # texts per /v1/embeddings request
 RERANK_DEPTH = 20
 MODES = ("lexical", "dense", "hybrid")
-DENSE_WEIGHT = 0.25  # hybrid: the dense ranking's weight against the lexical one's 1 (search.fuse, docs/memo.md)
+DENSE_WEIGHT = 0.25  # hybrid: the dense ranking's weight against the lexical one's 1 (search.fuse, docs/memo-dense.md)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ the scores are fused: each kind's scores divided by its best one, weighted (`FUS
 summed. Reciprocal-rank fusion was measured too and lost: two lexical rankings agree so often that
 its sums tie, and breaking the ties by either list gives back that list (docs/memo.md).
 
-Hybrid fuses the lexical and the dense ranking the same measured way (`fuse`, docs/memo.md).
+Hybrid adds the dense ranking, min-max scaled and weighted, to the lexical scores (`fuse`; RRF lost here
+too: docs/memo-dense.md).
 An optional reranker (a CrossEncoder) reorders the top `RERANK_DEPTH` hits of any mode.
 
 `coverage` is the share of the question's units (bigrams and whole words, not word pairs; weighted

@@ -10,7 +10,7 @@ text did not change keep their vectors (store.py), so editing one record of a JS
 embeds that record's chunks only; a deleted or renamed file's vectors go with its chunks.
 
 A passage is its heading path and its text (the heading path carries the note's title). Dense ranking
-is brute force: one matrix-vector product over every row (numpy; the timing is in docs/memo.md).
+is brute force: one matrix-vector product over every row (numpy; the timing is in docs/memo-dense.md).
 """
 
 from __future__ import annotations
