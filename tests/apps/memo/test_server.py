@@ -72,6 +72,7 @@ def submitted(served, monkeypatch):
 
 
 def searched(notes, query: str, k: int):
+    """What the Searcher finds in the index of `notes` (beside them, m.db)."""
     with Store.open(notes.parent / "m.db") as store:
         return Searcher(store).search(query, k)
 
@@ -286,7 +287,7 @@ def test_search_goes_on_while_another_process_indexes(chat_local, served, tmp_pa
     notes = write_notes(tmp_path / "notes")
     main(["memo", "index", str(notes), "--db", str(tmp_path / "live.db"), "--quiet"])
     more = tmp_path / "notes" / "더"
-    write_notes(more, {f"{i:04}.md": f"# 일지 {i}\n\n{i}번째 날에는 보고서를 썼다.\n\n회의록 정리.\n" for i in range(1500)})
+    write_notes(more, {f"{i:04}.md": f"# 일지 {i}\n\n{i}번째 날에는 보고서를 썼다.\n\n회의록 정리.\n" for i in range(600)})
     (more / "특별.md").write_text("# 특별\n\n등대지기 모임은 목요일이다.\n", encoding="utf-8")
     app = create_app(served[1], "krmini-test", None, MAX_TOKENS, [extension(tmp_path / "live.db")])
     indexer = subprocess.Popen([sys.executable, "-m", "krmini", "memo", "index", "--db", str(tmp_path / "live.db"),
