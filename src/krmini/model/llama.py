@@ -145,7 +145,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, self.n_kv * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=False)
         if config.qk_norm:
-            # Qwen3: normalising each head keeps q·k from growing with depth, so no bias is needed.
+            # Qwen3: normalising each head bounds the attention scores q·k, which steadies training.
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
         else:
