@@ -346,7 +346,7 @@ def create_app(worker: Worker, model_name: str, api_key: str | None = None, defa
     @app.post("/v1/completions", responses=schema.answers(schema.Completion, schema.CompletionChunk))
     async def completions(req: CompletionRequest):
         texts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
-        prompts = [[tokenizer.bos_id, *tokenizer.encode(t)] for t in texts]
+        prompts = [tokenizer.encode_prompt(t) for t in texts]
         return await respond(req, prompts, req.max_tokens, chat=False)
 
     served = Served(model_name, tokenizer, context, default_max_tokens, check, respond)
