@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 from threadpoolctl import threadpool_limits
 
 SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -62,18 +64,29 @@ def read_jsonl_texts(path: Path, limit: int | None = None, field: str = "text") 
     return texts
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> Path:
-    """A small trained run (tokenizer + shards + checkpoint) on KoNLPy's bundled corpus, a few seconds.
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """`build(out)` run once per test session, however many xdist workers ask: the first builds under
+    a file lock, the others wait for it and read the same directory. Each worker building its own
+    copy cost every worker the same 30-60 s of training before its first test. The result is
+    read-only for tests."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return build(tmp_path_factory.mktemp(name))
+    root = tmp_path_factory.getbasetemp().parent / f"shared-{name}"
+    done = root / ".built"
+    with FileLock(f"{root}.lock"):
+        if not done.exists():
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir()
+            result = build(root)
+            done.write_text(str(result.relative_to(root)), encoding="utf-8")
+    return root / done.read_text(encoding="utf-8")
 
-    Read-only for tests: copy it before changing anything.
-    """
-    from krmini.demo import konlpy_corpus
-    from krmini.train.config import load_run_config
 
-    out = tmp_path_factory.mktemp("tiny_run")
+def _build_tiny_run(out: Path) -> Path:
     from krmini.data.prepare import PrepareConfig, prepare, sample_texts
+    from krmini.demo import konlpy_corpus
     from krmini.tokenizer.tokenizer import KoTokenizer
+    from krmini.train.config import load_run_config
     from krmini.train.trainer import train
 
     inputs = konlpy_corpus()
@@ -88,6 +101,15 @@ def tiny_run(tmp_path_factory) -> Path:
                                        "train.device=cpu"])
         train(cfg, progress=False)
     return out / "run"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A small trained run (tokenizer + shards + checkpoint) on KoNLPy's bundled corpus, a few seconds.
+
+    Read-only for tests: copy it before changing anything.
+    """
+    return built_once(tmp_path_factory, "tiny_run", _build_tiny_run)
 
 
 CHAT_PAIRS = [("안녕하세요", "안녕하세요! 무엇을 도와드릴까요?"), ("오늘 날씨 어때?", "맑고 따뜻한 날이에요."),
@@ -114,14 +136,17 @@ def chat_run(tiny_run, tmp_path_factory) -> Path:
     """`tiny_run` instruction-tuned for 40 steps on `write_chat_jsonl` data (read-only for tests)."""
     from krmini.chat.sft import run_sft
 
-    out = tmp_path_factory.mktemp("chat_run")
-    data = write_chat_jsonl(out / "chat.jsonl")
-    with torch.random.fork_rng():
-        run_sft(tiny_run, [str(data)], out / "run", progress=False, val_fraction=0.2,
-                overrides=["train.max_steps=40", "train.batch_size=8", "train.seq_len=128", "train.lr=2.0e-3",
-                           "train.warmup_steps=5", "train.eval_interval=40", "train.save_interval=40",
-                           "train.device=cpu"])
-    return out / "run"
+    def build(out: Path) -> Path:
+        data = write_chat_jsonl(out / "chat.jsonl")
+        with torch.random.fork_rng():
+            run_sft(tiny_run, [str(data)], out / "run", progress=False, val_fraction=0.2,
+                    overrides=["train.max_steps=40", "train.batch_size=8", "train.seq_len=128", "train.lr=2.0e-3",
+                               "train.warmup_steps=5", "train.eval_interval=40", "train.save_interval=40",
+                               "train.device=cpu"])
+        return out / "run"
+
+    return built_once(tmp_path_factory, "chat_run", build)
+
 
 @pytest.fixture(scope="session")
 def lora_run(tiny_run, tmp_path_factory) -> Path:
@@ -130,14 +155,17 @@ def lora_run(tiny_run, tmp_path_factory) -> Path:
     from krmini.chat.sft import run_sft
     from krmini.train.lora import parse_lora_spec
 
-    out = tmp_path_factory.mktemp("lora_run")
-    data = write_chat_jsonl(out / "chat.jsonl", repeat=2)
-    with torch.random.fork_rng():
-        run_sft(tiny_run, [str(data)], out / "run", lora=parse_lora_spec("r=4,alpha=8,targets=q,v,up"), progress=False,
-                val_fraction=0.2, overrides=["train.max_steps=8", "train.batch_size=4", "train.seq_len=96",
-                                             "train.lr=5.0e-3", "train.warmup_steps=2", "train.eval_interval=8",
-                                             "train.save_interval=8", "train.device=cpu"])
-    return out / "run"
+    def build(out: Path) -> Path:
+        data = write_chat_jsonl(out / "chat.jsonl", repeat=2)
+        with torch.random.fork_rng():
+            run_sft(tiny_run, [str(data)], out / "run", lora=parse_lora_spec("r=4,alpha=8,targets=q,v,up"),
+                    progress=False, val_fraction=0.2,
+                    overrides=["train.max_steps=8", "train.batch_size=4", "train.seq_len=96", "train.lr=5.0e-3",
+                               "train.warmup_steps=2", "train.eval_interval=8", "train.save_interval=8",
+                               "train.device=cpu"])
+        return out / "run"
+
+    return built_once(tmp_path_factory, "lora_run", build)
 
 
 MAX_TOKENS = 16
@@ -156,16 +184,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def chat_server(chat_run, tmp_path_factory):
-    """`krmini serve chat_run` as a real process on 127.0.0.1 and a free port, with an API key."""
+@contextlib.contextmanager
+def serve_process(run: Path, log_dir: Path, *more: str):
+    """`krmini serve RUN MORE…` as a real process on 127.0.0.1 and a free port, with an API key."""
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONIOENCODING": "utf-8"}
-    log_path = tmp_path_factory.mktemp("serve") / "server.log"
+    log_path = log_dir / "server.log"
     log = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 (the server writes to it until teardown)
     process = subprocess.Popen(
-        [sys.executable, "-m", "krmini", "serve", str(chat_run), "--port", str(port), "--api-key", "test-key",
-         "--name", "krmini-test", "--max-tokens", str(MAX_TOKENS), "--device", "cpu"],
+        [sys.executable, "-m", "krmini", "serve", str(run), "--port", str(port), "--api-key", "test-key",
+         "--name", "krmini-test", "--max-tokens", str(MAX_TOKENS), "--device", "cpu", *more],
         env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
@@ -180,13 +208,22 @@ def chat_server(chat_run, tmp_path_factory):
             process.kill()
             pytest.fail(f"server did not start:\n{log_path.read_text(encoding='utf-8')}")
         time.sleep(0.2)
-    yield Server(url, "test-key", process)
-    process.terminate()
     try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
+        yield Server(url, "test-key", process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def chat_server(chat_run, tmp_path_factory):
+    """`krmini serve chat_run` as a real process on 127.0.0.1 and a free port, with an API key."""
+    with serve_process(chat_run, tmp_path_factory.mktemp("serve")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,10 @@ message is its role token, its content, then `<|end|>`; a reply is generated aft
 `<|end|>` (the mask). No newlines or spaces are added around role tokens: the same string, given to
 `transformers`' `apply_chat_template` through `CHAT_TEMPLATE` (defined with the tokenizer, which saves
 it), tokenizes to exactly these ids.
+
+An imported open model (Llama 3, Qwen, Mistral, …) keeps its own format: `prompt_ids` renders the
+checkpoint's Jinja template (`krmini.chat.jinja`) and a reply stops at the ids its generation config
+names. Our own models keep the layout above.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from krmini.chat.jinja import render_template
 from krmini.errors import KrminiError
 from krmini.tokenizer.tokenizer import CHAT_TEMPLATE  # noqa: F401  (re-exported: the Jinja form of `render`)
 
@@ -55,13 +60,31 @@ def render(tokenizer: KoTokenizer, messages: list[dict], add_generation_prompt: 
     return Rendered(ids, mask)
 
 
+def check_chat_tokenizer(tokenizer: KoTokenizer) -> None:
+    """Fail clearly for a tokenizer that cannot format a conversation: ours without chat tokens, or a
+    foreign one whose checkpoint has no chat template (a base model)."""
+    if tokenizer.foreign is None:
+        tokenizer.token_id(END)
+    elif tokenizer.chat_template is None:
+        raise KrminiError("tokenizer: this imported model has no chat template (tokenizer_config.json: "
+                          "chat_template); it is a base model: use `krmini generate`")
+
+
 def prompt_ids(tokenizer: KoTokenizer, messages: list[dict]) -> list[int]:
-    """The ids a reply is generated after: the conversation plus a bare `<|assistant|>`."""
-    return render(tokenizer, messages, add_generation_prompt=True).ids
+    """The ids a reply is generated after: the conversation plus a bare `<|assistant|>` (ours), or the
+    checkpoint's own template with its generation prompt (an imported model)."""
+    if tokenizer.foreign is None:
+        return render(tokenizer, messages, add_generation_prompt=True).ids
+    check_chat_tokenizer(tokenizer)
+    text = render_template(tokenizer.chat_template, messages, True, tokenizer.template_tokens)
+    return tokenizer.encode(text)
 
 
 def stop_ids(tokenizer: KoTokenizer) -> set[int]:
-    """A reply ends at `<|end|>`; EOS and a new role token also end it (a weak model may skip `<|end|>`)."""
+    """A reply ends at `<|end|>`; EOS and a new role token also end it (a weak model may skip `<|end|>`).
+    An imported model's reply ends where its generation config says (Llama 3 `<|eot_id|>`, Qwen `<|im_end|>`)."""
+    if tokenizer.foreign is not None:
+        return set(tokenizer.stop_ids)
     return {tokenizer.token_id(END), tokenizer.eos_id, *(tokenizer.token_id(role_token(r)) for r in ROLES)}
 
 

@@ -285,11 +285,9 @@ class Engine:
         door goes through; it raises `KrminiError` with a one-line reason."""
         cfg.validate()
         if isinstance(prompt, str):
-            ids = self.tokenizer.encode(prompt)
-            if not ids:
+            if not self.tokenizer.encode(prompt):
                 raise KrminiError("prompt: empty; give at least one character of text")
-            if self.add_bos:
-                ids = [self.tokenizer.bos_id, *ids]
+            ids = self.tokenizer.encode_prompt(prompt) if self.add_bos else self.tokenizer.encode(prompt)
         else:
             ids = list(prompt)
             vocab = self.model.config.vocab_size
@@ -314,7 +312,7 @@ class Engine:
         batch = DecodeBatch(self.model, [ids for ids, _ in requests], [c for _, c in requests], self.stop_ids,
                             self.decoder)
         rows = [(r, s) for r, (_, c) in enumerate(requests) for s in range(c.n)]
-        texts = [TextStream(self.tokenizer) for _ in rows]
+        texts = [TextStream(self.tokenizer, requests[r][0][-1:]) for r, _ in rows]
         stops = [StopStrings(requests[r][1].stop) for r, _ in rows]
         while batch.running:
             if cancelled is not None:
@@ -412,7 +410,10 @@ def final_hidden(model: LlamaModel, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def default_stop_ids(tokenizer: KoTokenizer) -> set[int]:
-    """EOS, the end of a chat turn (where the tokenizer has one) and BOS: a document boundary."""
+    """EOS, the end of a chat turn (where the tokenizer has one) and BOS: a document boundary. An
+    imported model stops where its generation config says, as it does in transformers."""
+    if tokenizer.foreign is not None:
+        return set(tokenizer.stop_ids)
     ids = {tokenizer.eos_id, tokenizer.bos_id}
     with contextlib.suppress(KrminiError):
         ids.add(tokenizer.token_id("<|end|>"))

@@ -287,7 +287,8 @@ def answers(reply: type[BaseModel], chunk: type[BaseModel]) -> dict:
     }
 
 
-def describe(spec: dict, model_name: str, keyed: bool, vocab: int | None = None) -> dict:
+def describe(spec: dict, model_name: str, keyed: bool, requests: tuple = (), answers: tuple = (),
+             vocab: int | None = None) -> dict:
     """FastAPI's generated document, made true for this server (see the module's docstring)."""
     components = spec.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
@@ -295,7 +296,7 @@ def describe(spec: dict, model_name: str, keyed: bool, vocab: int | None = None)
         schemas.pop(name, None)
     # pydantic's own schemas: FastAPI's copies went through a model that made every bound a float
     # (the largest seed, 2^64 - 1, became 2^64)
-    models = [(m, "validation") for m in REQUESTS] + [(m, "serialization") for m in ANSWERS]
+    models = [(m, "validation") for m in (*REQUESTS, *requests)] + [(m, "serialization") for m in (*ANSWERS, *answers)]
     schemas.update(models_json_schema(models, ref_template=REF)[1]["$defs"])
     for name in ("ChatRequest", "CompletionRequest", "EmbeddingRequest"):
         schemas[name]["properties"]["model"]["anyOf"][0] = {"type": "string", "enum": [model_name]}

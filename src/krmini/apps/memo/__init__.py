@@ -12,6 +12,8 @@
     backends.py a run directory (our engine) or an OpenAI-compatible server: context, count, stream
     ask.py      retrieve → a prompt that fits the model's context → streamed answer with [n] citations;
                 summaries; /memo for the chat REPL
-    cli.py      the `krmini memo …` commands (index, status, search, eval, ask, summarize, chat)
+    server.py   `krmini serve RUN --memo DB`: /v1/memo/search, /v1/memo/chat, /v1/memo/note (server_schema.py:
+                their models; files.py: a cited note read back, never a file outside the indexed folders)
+    cli.py      the `krmini memo …` commands (index, status, search, eval, ask, summarize, chat) and `serve --memo`
     bench.py    `krmini bench memo`
 """

@@ -1,4 +1,5 @@
-"""`krmini memo …`: index notes, see their state, search them, measure retrieval, ask about them."""
+"""`krmini memo …`: index notes, see their state, search them, measure retrieval, ask about them;
+and `krmini serve RUN --memo DB` (`add_serve_args`, `serve_extension`), which the top-level CLI hands in."""
 
 from __future__ import annotations
 
@@ -42,6 +43,23 @@ def _guarded(handler):
         except sqlite3.Error as exc:
             raise damaged(Path(args.db), exc) from None
     return run
+
+
+def add_serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--memo", metavar="DB", help="메모 색인도 제공 / also serve this memo index (`krmini memo index`): "
+                   "/v1/memo/search, /v1/memo/chat, /v1/memo/note and a notes mode on the web page")
+
+
+def serve_extension(args):
+    """`krmini serve --memo DB`'s routes, once DB is known to be a memo index (None without --memo)."""
+    if args.memo is None:
+        return None
+    db = Path(args.memo)
+    if db.is_dir():
+        raise KrminiError(f"--memo {db}: is a directory; expected the memo index file (krmini memo index NOTES --db FILE)")
+    from krmini.apps.memo.server import extension
+
+    return extension(db)
 
 
 def _db_arg(p: argparse.ArgumentParser) -> None:

@@ -113,9 +113,13 @@ class Store:
         if not exists and not create:
             raise KrminiError(f"{path}: no memo index here; create it with `krmini memo index NOTES --db {path}`")
         if exists:
-            with open(path, "rb") as fh:
-                if fh.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
-                    raise KrminiError(f"{path}: not a memo index (not an SQLite database); {rebuild_hint(path)}")
+            try:
+                with open(path, "rb") as fh:
+                    magic = fh.read(len(SQLITE_MAGIC))
+            except OSError as exc:
+                raise KrminiError(f"{path}: cannot read the memo index ({exc.strerror or exc})") from None
+            if magic != SQLITE_MAGIC:
+                raise KrminiError(f"{path}: not a memo index (not an SQLite database); {rebuild_hint(path)}")
         if create:
             path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
