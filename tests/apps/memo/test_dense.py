@@ -250,3 +250,6 @@ def test_eval_measures_the_modes(tmp_path, capsys, st_models):
         assert {"recall@1", "recall@5", "recall@10", "mrr@10"} <= set(result) and result["recall@5"] == 1.0
     code, out, _ = run(capsys, "eval", "--notes", notes, "--questions", questions, "--json")
     assert json.loads(out[0])["mode"] == "lexical"
+    code, _, err = run(capsys, "eval", "--notes", notes, "--questions", questions, "--mode", "dense")
+    assert code == 1 and err == ["krmini: error: --mode dense: name the embedder the notes are embedded with: "
+                                 "--embed st:MODEL|openai:URL"]

@@ -101,6 +101,9 @@ def run(args) -> int:
     if not notes.is_file():
         raise KrminiError(f"{notes}: notes file not found (pass --notes)")
     kinds = parse_kinds(args.units)
+    if args.mode in ("dense", "hybrid") and not args.embed:
+        raise KrminiError(f"--mode {args.mode}: name the embedder the notes are embedded with: "
+                          "--embed st:MODEL|openai:URL")
     questions = read_questions(Path(args.questions), args.limit)
     with tempfile.TemporaryDirectory(prefix="krmini-memo-eval-") as tmp:
         store = Store.open(Path(tmp) / "eval.db", create=True)
