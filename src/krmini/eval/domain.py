@@ -57,16 +57,14 @@ def read_texts(domain: list[str], general: list[str], text_field: str, limit: in
                data_dir: str | None) -> DomainTexts:
     """Held-out texts of both kinds; with `data_dir`, only those its prepare put in the test split."""
     config = read_manifest(data_dir)["config"] if data_dir else None
-
-    def read(paths: list[str], what: str) -> list[str]:
-        texts = read_eval_texts(paths, text_field, None if config else limit)
-        if config:
-            texts = list(texts_in_split(texts, config, "test"))[:limit]
-            if not texts:
-                raise KrminiError(f"{', '.join(paths)}: no {what} document falls in {data_dir}'s test split")
-        return texts
-
-    return DomainTexts(read(domain, "domain"), read(general, "general"))
+    found = {what: read_eval_texts(paths, text_field, None if config else limit)  # every file read first
+             for what, paths in (("domain", domain), ("general", general))}
+    if config:
+        for what, paths in (("domain", domain), ("general", general)):
+            found[what] = list(texts_in_split(found[what], config, "test"))[:limit]
+            if not found[what]:
+                raise KrminiError(f"{', '.join(map(str, paths))}: no {what} document falls in {data_dir}'s test split")
+    return DomainTexts(**found)
 
 
 def measure(loaded: LoadedModel, texts: DomainTexts, prompts: list[str], max_new_tokens: int,
