@@ -112,6 +112,48 @@ def tiny_run(tmp_path_factory) -> Path:
     return built_once(tmp_path_factory, "tiny_run", _build_tiny_run)
 
 
+def write_legal_slices(out: Path) -> dict[str, Path]:
+    """JSONL slices of the shared corpora (skip where absent): `legal` (the first 120 judgments, for learning
+    tokens and training), `legal_heldout` and `general_heldout` (documents far from those, 12 each)."""
+    precedents = shared_file("pretrain/precedents_sample.jsonl")
+    petitions = shared_file("pretrain/petitions.jsonl")
+    texts = read_jsonl_texts(precedents, 3012)
+    slices = {"legal": texts[:120], "legal_heldout": texts[3000:3012],
+              "general_heldout": read_jsonl_texts(petitions, 3012)[3000:3012]}
+    out.mkdir(parents=True, exist_ok=True)
+    for name, docs in slices.items():
+        with open(out / f"{name}.jsonl", "w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps({"text": t[:2500]}, ensure_ascii=False) + "\n" for t in docs)
+    return {name: out / f"{name}.jsonl" for name in slices}
+
+
+def _build_domain_run(tiny_run: Path, out: Path) -> Path:
+    from krmini.cli import main
+    from krmini.data.prepare import PrepareConfig, prepare
+    from krmini.tokenizer.tokenizer import KoTokenizer
+
+    files = write_legal_slices(out / "text")
+    assert main(["tokenizer", "extend", str(tiny_run), "--corpus", str(files["legal"]), "--add", "100",
+                 "--out", str(out / "tokenizer")]) == 0
+    prepare([files["legal"]], KoTokenizer.load(out / "tokenizer"), str(out / "tokenizer"), out / "data",
+            PrepareConfig(val_fraction=0.1, test_fraction=0.1, workers=1), progress=False)
+    with torch.random.fork_rng():
+        assert main(["train", "--init-from", str(tiny_run), "--tokenizer", str(out / "tokenizer"), "--data",
+                     str(out / "data"), "--out", str(out / "run"), "--device", "cpu", "train.max_steps=4",
+                     "train.batch_size=4", "train.seq_len=64", "train.warmup_steps=2", "train.eval_interval=4",
+                     "train.save_interval=2", "train.eval_tokens=4000", "train.precision=fp32",
+                     "train.tensorboard=false"]) == 0
+    return out / "run"
+
+
+@pytest.fixture(scope="session")
+def domain_run(tiny_run, tmp_path_factory) -> Path:
+    """`tiny_run` moved to a tokenizer extended with 100 legal tokens and trained 4 steps on judgments
+    (`krmini tokenizer extend` → `prepare` → `train --init-from --tokenizer`). Beside it: text/ (the legal and
+    general slices), tokenizer/, data/. Read-only for tests; skips without the shared corpora."""
+    return built_once(tmp_path_factory, "domain_run", lambda out: _build_domain_run(tiny_run, out))
+
+
 CHAT_PAIRS = [("안녕하세요", "안녕하세요! 무엇을 도와드릴까요?"), ("오늘 날씨 어때?", "맑고 따뜻한 날이에요."),
               ("배고파", "맛있는 밥을 드세요."), ("고마워", "천만에요."), ("심심해", "산책을 해 보세요."),
               ("잘 자", "좋은 꿈 꾸세요."), ("힘들어", "오늘도 수고 많았어요."), ("뭐 해?", "당신과 이야기하고 있어요.")]

@@ -62,6 +62,7 @@ RULES = {
                 "--test-fraction": FRACTION, "--dedup-threshold": Rule(0, 1, True, True),
                 "--workers": Rule(0, CORES), "--shard-index": Rule(0, 0), "--num-shards": COUNT},
     "tokenizer train": {"--vocab-size": VOCAB, "--max-mb": POSITIVE},
+    "tokenizer extend": {"--add": COUNT, "--min-frequency": COUNT, "--max-mb": POSITIVE},
     "model-info": {"--batch": COUNT, "--seq-len": Rule(1, 256)},  # tiny's context
     "train": {"--nproc": THREADS},
     "generate": SAMPLING,
@@ -82,6 +83,7 @@ RULES = {
     "bench train": {"--steps": COUNT, "--rounds": COUNT, "--batch": COUNT, "--seq-len": COUNT, "--threads": THREADS},
     "eval ppl": {"--stride": COUNT, "--limit": COUNT, "--batch-tokens": COUNT},
     "eval kobest": {"--shots": NON_NEGATIVE, "--limit": COUNT, "--seed": SEED, "--batch-tokens": COUNT},
+    "eval domain": {"--limit": COUNT, "--stride": COUNT, "--max-new-tokens": COUNT, "--batch-tokens": COUNT},
     "report": {"--max-new-tokens": COUNT},
     "sft": {"--val-fraction": Rule(0, 1, True, True)},
     "serve": {"--port": Rule(1, 65535), "--max-tokens": COUNT},
@@ -106,6 +108,7 @@ def base_argv(command: str, tmp) -> list[str]:
     argv = {
         "prepare": [m("corpus"), "--tokenizer", m("tokenizer"), *out],
         "tokenizer train": [m("corpus"), *out],
+        "tokenizer extend": [m("tokenizer"), "--corpus", m("corpus"), "--add", "10", *out],
         "model-info": ["tiny"],
         "train": ["--config", m("config.yaml")],
         "generate": [m("run"), "--prompt", "대한민국은"],
@@ -119,6 +122,7 @@ def base_argv(command: str, tmp) -> list[str]:
         "bench train": ["--preset", m("preset.yaml")],
         "eval ppl": [m("run"), "--data", m("heldout.jsonl")],
         "eval kobest": [m("run"), "--data-dir", m("kobest")],
+        "eval domain": [m("run"), "--domain", m("legal.jsonl"), "--general", m("general.jsonl")],
         "report": [m("run")],
         "sft": ["--base", m("base"), "--data", m("chat.jsonl"), *out],
         "serve": [m("run")],

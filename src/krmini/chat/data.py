@@ -44,6 +44,7 @@ from krmini.data.split import document_digest, split_of
 from krmini.errors import KrminiError
 from krmini.runs import write_bytes_atomic
 from krmini.tokenizer import KoTokenizer
+from krmini.tokenizer.extend import fingerprint
 from krmini.train.trainer import BatchSources
 
 CHAT_SPLITS = ("train", "val")
@@ -187,8 +188,8 @@ def prepare_chat(paths: list[str | Path], tokenizer: KoTokenizer, tokenizer_path
     manifest = {
         "format_version": FORMAT_VERSION, "kind": "chat", "dtype": dtype.name,
         "vocab_size": tokenizer.vocab_size, "bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id,
-        "tokenizer": str(tokenizer_path), "inputs": [str(p) for p in paths],
-        "splits": {s: vars(v) for s, v in stats.items()}, "targets": targets,
+        "tokenizer": str(tokenizer_path), "tokenizer_sha256": fingerprint(tokenizer.tok),
+        "inputs": [str(p) for p in paths], "splits": {s: vars(v) for s, v in stats.items()}, "targets": targets,
         "report": {"read": report.read, "kept": report.kept, "skipped": dict(report.skipped),
                    "changed": dict(report.changed), "examples": report.examples},
     }

@@ -20,7 +20,7 @@ from krmini.data.split import SPLITS
 from krmini.errors import KrminiError
 
 _PART = re.compile(r"^manifest\.part-(\d{3})-of-(\d{3})\.json$")
-_SAME = ("format_version", "dtype", "vocab_size", "bos_id", "eos_id", "tokenizer")
+_SAME = ("format_version", "dtype", "vocab_size", "bos_id", "eos_id", "tokenizer", "tokenizer_sha256")
 
 
 def _add(total: dict, part: dict) -> dict:
@@ -76,7 +76,7 @@ def merge_parts(data_dir: str | Path) -> dict:
             raise KrminiError(f"{data_dir}: {s} shards are missing or incomplete (parts list {splits[s]['tokens']} tokens)")
     if splits["train"]["documents"] == 0 or splits["val"]["documents"] == 0:
         raise KrminiError(f"{data_dir}: merged parts have no train or no val documents; give a larger corpus")
-    manifest = {key: first[key] for key in _SAME}
+    manifest = {key: first.get(key) for key in _SAME}
     manifest.update(
         inputs=first["inputs"],
         config=dict(first["config"], shard_index=None),

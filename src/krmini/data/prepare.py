@@ -37,6 +37,7 @@ from krmini.data.split import SPLITS, document_digest, split_of
 from krmini.errors import KrminiError
 from krmini.runs import staged_files
 from krmini.tokenizer import KoTokenizer
+from krmini.tokenizer.extend import fingerprint
 
 EXAMPLES_PER_REASON = 3
 
@@ -360,6 +361,7 @@ def _finish(sources, tokenizer, tokenizer_path, config, acc, problems, stats, st
         "bos_id": tokenizer.bos_id,
         "eos_id": tokenizer.eos_id,
         "tokenizer": str(tokenizer_path),
+        "tokenizer_sha256": fingerprint(tokenizer.tok),  # what `krmini train` compares with the run's tokenizer
         "inputs": [p for s in sources for p in (s.paths or [s.dataset])],
         "config": asdict(config),
         "documents": dict(counts),

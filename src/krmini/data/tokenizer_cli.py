@@ -1,4 +1,5 @@
-"""`krmini tokenizer train`: read and clean a corpus (this package's job), then train the tokenizer on it.
+"""`krmini tokenizer train|extend`: read and clean a corpus (this package's job), then train a tokenizer on
+it, or extend one with a domain's tokens (`krmini.tokenizer.extend`).
 
 The command lives in `data`, not in `tokenizer`, because imports run one way: data may use the
 tokenizer, the tokenizer never uses data.
@@ -9,11 +10,14 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
-from krmini.argtypes import POSITIVE_NUMBER
+from krmini.argtypes import POSITIVE_INT, POSITIVE_NUMBER, integer
 from krmini.data.prepare import sample_texts
-from krmini.runs import check_output
-from krmini.tokenizer.tokenizer import MIN_VOCAB_SIZE, VOCAB_SIZE, KoTokenizer
+from krmini.errors import KrminiError
+from krmini.runs import TOKENIZER_DIR, check_output, check_target, resolve_checkpoint, staged_dir
+from krmini.tokenizer.extend import extend, fingerprint, save_extension
+from krmini.tokenizer.tokenizer import MIN_VOCAB_SIZE, TOKENIZER_FILE, VOCAB_SIZE, KoTokenizer
 
 
 def register(subparsers) -> None:
@@ -31,6 +35,25 @@ def register(subparsers) -> None:
     t.add_argument("--strict", action="store_true", help="stop at the first unreadable record instead of skipping it")
     t.set_defaults(func=run_train)
 
+    e = sub.add_parser("extend", help="도메인 토큰 추가 / add a domain's tokens after the existing ids",
+                       description="Learn up to N new tokens from domain text by continuing the base BPE's merges "
+                       "and append them after every existing id: old ids keep their meaning, byte fallback and "
+                       "special tokens are unchanged. BASE is a tokenizer directory or tokenizer.json, or a run "
+                       "or checkpoint (ours or imported) whose tokenizer/ is used.")
+    e.add_argument("base", metavar="BASE", help="tokenizer directory / tokenizer.json, or a run or checkpoint")
+    e.add_argument("--corpus", nargs="+", required=True, help="domain text: files or directories")
+    e.add_argument("--add", type=POSITIVE_INT, required=True, help="new tokens to learn, at most (>= 1)")
+    e.add_argument("--out", required=True, help="output tokenizer directory")
+    e.add_argument("--min-frequency", type=integer(1), default=2,
+                   help="a new token must occur at least this often in the corpus, >= 1 (default: 2)")
+    e.add_argument("--heldout", nargs="+", help="text to measure characters per token on, before and after")
+    e.add_argument("--text-field", default="text", help="JSONL field holding the text")
+    e.add_argument("--max-mb", type=POSITIVE_NUMBER, default=50.0,
+                   help="learn from at most this many MB of the corpus, > 0 (default: 50)")
+    e.add_argument("--strict", action="store_true", help="stop at the first unreadable record instead of skipping it")
+    e.add_argument("--force", action="store_true", help="replace OUT if it is not empty")
+    e.set_defaults(func=run_extend)
+
 
 def run_train(args) -> int:
     start = time.perf_counter()
@@ -40,10 +63,71 @@ def run_train(args) -> int:
     try:
         tokenizer = KoTokenizer.train(texts, vocab_size=args.vocab_size)
     finally:
-        skipped = {k: v for k, v in counts.items() if k.startswith("unreadable_")}
-        if skipped:
-            print(f"skipped unreadable records: {skipped} (rerun with --strict to stop at the first one)",
-                  file=sys.stderr)
+        _say_unreadable(counts)
     tokenizer.save(args.out)
     print(f"tokenizer: {tokenizer.vocab_size} tokens → {args.out} ({time.perf_counter() - start:.1f}s)")
+    return 0
+
+
+def _say_unreadable(counts: Counter) -> None:
+    skipped = {k: v for k, v in counts.items() if k.startswith("unreadable_")}
+    if skipped:
+        print(f"skipped unreadable records: {skipped} (rerun with --strict to stop at the first one)", file=sys.stderr)
+
+
+def tokenizer_path(path: str | Path) -> Path:
+    """A tokenizer directory or tokenizer.json as given, or the tokenizer/ of a run or checkpoint."""
+    path = Path(path)
+    if path.is_file() or (path / TOKENIZER_FILE).is_file():
+        return path
+    if (path / TOKENIZER_DIR / TOKENIZER_FILE).is_file():
+        return path / TOKENIZER_DIR
+    try:
+        return resolve_checkpoint(path) / TOKENIZER_DIR
+    except KrminiError:
+        raise KrminiError(f"{path}: no tokenizer found (expected a tokenizer directory, a tokenizer.json, or a run "
+                          "or checkpoint with tokenizer/)") from None
+
+
+def _ratio(chars: int, tokens: int) -> str:
+    return f"{chars / max(tokens, 1):.3f}"
+
+
+def run_extend(args) -> int:
+    start = time.perf_counter()
+    base_path = tokenizer_path(args.base)
+    out = Path(args.out)
+    check_target(out, args.force, [args.base, *args.corpus, *(args.heldout or [])])  # before the corpus is read
+    base = KoTokenizer.load(base_path)
+    counts: Counter = Counter()
+    texts = sample_texts(args.corpus, args.text_field, int(args.max_mb * 1e6), counts, args.strict)
+    try:
+        ext = extend(base.tok, texts, args.add, args.min_frequency, where=str(base_path))
+    finally:
+        _say_unreadable(counts)
+    record = {"base": str(base_path), "base_sha256": fingerprint(base.tok), "sha256": fingerprint(ext.tokenizer),
+              "base_vocab_size": base.vocab_size, "vocab_size": ext.tokenizer.get_vocab_size(),
+              "first_new_id": ext.first_id, "requested": args.add, "added": len(ext.added),
+              "skipped_already_present": ext.skipped, "min_frequency": args.min_frequency,
+              "corpus": [str(c) for c in args.corpus], "corpus_chars": ext.chars,
+              "corpus_tokens": {"before": ext.tokens_before, "after": ext.tokens_after}}
+    lines = [f"added {len(ext.added)} of {args.add} tokens ({ext.skipped} already present, skipped): vocabulary "
+             f"{base.vocab_size} → {ext.tokenizer.get_vocab_size()}, new ids from {ext.first_id}",
+             f"domain corpus ({ext.chars:,} characters): chars/token {_ratio(ext.chars, ext.tokens_before)} → "
+             f"{_ratio(ext.chars, ext.tokens_after)} ({ext.tokens_after / max(ext.tokens_before, 1) - 1:+.1%} tokens)"]
+    if args.heldout:
+        held = list(sample_texts(args.heldout, args.text_field, 1 << 62, Counter(), args.strict))
+        chars = sum(map(len, held))
+        before = sum(map(len, base.encode_batch(held)))
+        after = sum(len(e.ids) for e in ext.tokenizer.encode_batch(held, add_special_tokens=False))
+        record["heldout"] = {"files": [str(h) for h in args.heldout], "chars": chars,
+                             "tokens": {"before": before, "after": after}}
+        lines.append(f"held-out text ({chars:,} characters): chars/token {_ratio(chars, before)} → "
+                     f"{_ratio(chars, after)} ({after / max(before, 1) - 1:+.1%} tokens)")
+    base_dir = base_path if base_path.is_dir() else base_path.parent
+    with staged_dir(out, args.force, [args.base, *args.corpus]) as tmp:
+        save_extension(ext, base_dir, tmp, record)
+    KoTokenizer.load(out)  # what was written loads as a tokenizer (ours, or the open model's kind)
+    print("\n".join(lines))
+    print(f"tokenizer → {out} ({time.perf_counter() - start:.1f}s)")
     return 0

@@ -12,12 +12,13 @@ from pathlib import Path
 from krmini.argtypes import NON_NEGATIVE_INT, POSITIVE_INT, SEED
 from krmini.device import pick_device
 from krmini.errors import KrminiError
+from krmini.eval.domain import DEFAULT_PROMPTS, default_base, format_domain, measure, plot_domain, read_texts
 from krmini.eval.kobest import DEFAULT_KOBEST_DIR, TASKS, evaluate_kobest, parse_tasks
 from krmini.eval.ppl import DEFAULT_PPL_DATA, perplexity, read_eval_texts
 from krmini.eval.report import format_kobest, register_report
 from krmini.eval.results import results_dir, write_json
 from krmini.infer.load import load_model
-from krmini.runs import check_output, checkpoint_files, resolve_checkpoint
+from krmini.runs import check_output, checkpoint_files, resolve_checkpoint, run_dir
 
 
 def register(subparsers) -> None:
@@ -48,6 +49,23 @@ def register(subparsers) -> None:
     kb.add_argument("--seed", type=SEED, default=1234, help="few-shot sampling seed, 0 … 2^64-1 (default: 1234)")
     _add_common(kb)
     kb.set_defaults(func=run_kobest)
+
+    dom = sub.add_parser("domain", help="domain adaptation, before vs after: bits/byte, chars/token, generations",
+                         description="Compare RUN with the run it started from (--base, default: RUN's "
+                         "train.init_from) on domain and general held-out text: bits per byte, characters per "
+                         "token, and greedy generations on domain prompts. Writes <run>/eval/domain.json and a PNG.")
+    dom.add_argument("model", metavar="RUN_OR_CKPT", help="the adapted run")
+    dom.add_argument("--base", help="the run before adaptation (default: RUN's train.init_from)")
+    dom.add_argument("--domain", nargs="+", required=True, help="domain held-out text: files or directories")
+    dom.add_argument("--general", nargs="+", required=True, help="general held-out text: files or directories")
+    dom.add_argument("--data", help="only documents that this `krmini prepare` directory put in its test split")
+    dom.add_argument("--text-field", default="text", help="JSONL field holding the text (default: text)")
+    dom.add_argument("--limit", type=POSITIVE_INT, help="score only the first N documents of each kind")
+    dom.add_argument("--stride", type=POSITIVE_INT, help="sliding-window step in tokens (default: half the context)")
+    dom.add_argument("--prompt", action="append", help="domain prompt(s) for generations (default: three legal)")
+    dom.add_argument("--max-new-tokens", type=POSITIVE_INT, default=40, help="tokens per generation (default: 40)")
+    _add_common(dom)
+    dom.set_defaults(func=run_domain)
 
     register_report(subparsers)
 
@@ -100,4 +118,28 @@ def run_kobest(args) -> int:
     write_json(out, record)
     print(format_kobest(record))
     print(f"→ {out}")
+    return 0
+
+
+def run_domain(args) -> int:
+    base = args.base or default_base(args.model)
+    reads = [*args.domain, *args.general, *([args.data] if args.data else [])]
+    out = results_path(args, "domain.json", reads)
+    png = out.with_suffix(".png")
+    check_output(png, "file", [*checkpoint_files(resolve_checkpoint(args.model)), run_dir(resolve_checkpoint(base)),
+                               *reads])
+    texts = read_texts(args.domain, args.general, args.text_field, args.limit, args.data)
+    device = pick_device(args.device)
+    start = time.perf_counter()
+    prompts = args.prompt or DEFAULT_PROMPTS
+    record = {"kind": "domain", "domain_data": [str(d) for d in args.domain],
+              "general_data": [str(g) for g in args.general], "test_split_of": args.data}
+    for which, model in (("before", base), ("after", args.model)):
+        record[which] = measure(load_model(model, device), texts, prompts, args.max_new_tokens, args.stride,
+                                args.batch_tokens)
+    record["seconds"] = round(time.perf_counter() - start, 1)
+    write_json(out, record)
+    plot_domain(record, png)
+    print(format_domain(record))
+    print(f"→ {out}, {png}")
     return 0

@@ -15,6 +15,7 @@ from krmini.argtypes import POSITIVE_INT
 from krmini.data.shards import read_manifest
 from krmini.device import pick_device
 from krmini.errors import KrminiError
+from krmini.eval.domain import format_domain
 from krmini.eval.results import RESULTS_DIR, read_results
 from krmini.infer.generate import SamplingConfig, generate_text
 from krmini.infer.load import load_model
@@ -98,7 +99,8 @@ def _data_section(config: dict) -> list[str]:
 
 def _eval_section(results: list[dict]) -> list[str]:
     if not results:
-        return [f"No results yet: run `krmini eval ppl RUN` / `krmini eval kobest RUN` (they save to {RESULTS_DIR}/)."]
+        return [f"No results yet: run `krmini eval ppl RUN` / `krmini eval kobest RUN` / `krmini eval domain RUN` "
+                f"(they save to {RESULTS_DIR}/)."]
     lines = []
     ppl = [r for r in results if r.get("kind") == "ppl"]
     if ppl:
@@ -109,6 +111,9 @@ def _eval_section(results: list[dict]) -> list[str]:
     for r in (r for r in results if r.get("kind") == "kobest"):
         limit = f", first {r['limit']} per task" if r.get("limit") else ""
         lines += [f"KoBEST {r['split']}, {r['shots']}-shot{limit} (`{r['file']}`):", "", format_kobest(r), ""]
+    for r in (r for r in results if r.get("kind") == "domain"):
+        chart = Path(r["file"]).with_suffix(".png")
+        lines += [f"Domain adaptation (`{r['file']}`, chart `{chart}`):", "", format_domain(r), ""]
     return lines
 
 

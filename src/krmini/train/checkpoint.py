@@ -134,12 +134,18 @@ def checkpoint_model_config(ckpt: Path, state: dict[str, Any]) -> ModelConfig:
     return from_dict(ModelConfig, state["model_config"], f"{ckpt / STATE_FILE}:model_config")
 
 
-def load_model_weights(model: torch.nn.Module, ckpt: Path) -> None:
+def read_weights(ckpt: Path) -> dict[str, torch.Tensor]:
     path = ckpt / MODEL_FILE
     try:
-        tensors = load_file(path)
+        return load_file(path)
     except (SafetensorError, OSError) as exc:
         raise KrminiError(f"{path}: cannot read weights ({exc})") from None
+
+
+def load_model_weights(model: torch.nn.Module, ckpt: Path, tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """Load `ckpt`'s weights (or `tensors` read from it and changed) into `model`, checking names and shapes."""
+    path = ckpt / MODEL_FILE
+    tensors = read_weights(ckpt) if tensors is None else tensors
     expected = model_tensors(model)
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))

@@ -45,6 +45,7 @@ class TrainConfig:
     peak_tflops: float = 0.0  # device peak for MFU; 0 measures a matmul at start
     seed: int = 1337
     init_from: str = ""  # checkpoint or run whose weights start the run (fine-tuning); "" = random init
+    tokenizer: str = ""  # the run's tokenizer when it is not the data's: with init_from, an extension to resize to
 
     def validate(self, where: str = "train") -> None:
         for name in ("seq_len", "batch_size", "grad_accum", "max_steps", "eval_interval", "save_interval",

@@ -1,6 +1,7 @@
 """The pretraining loop: one file, top to bottom, in the order things happen.
 
-    join torchrun's group (if any) → build model → (resume: weights) → DDP/FSDP → AdamW
+    join torchrun's group (if any) → check the data's tokenizer is the run's → build model
+    → (init_from: another run's weights, resized to an extended tokenizer; resume: own weights) → DDP/FSDP → AdamW
     → (resume: moments, RNG, scaler) → compile → for each step: warmup/cosine lr →
     grad-accumulated forward/backward under autocast → clip → AdamW → log → eval → checkpoint
 
@@ -29,12 +30,10 @@ from krmini.runs import (
     TOKENIZER_DIR,
     complete_checkpoints,
     last_good_checkpoint,
-    read_state,
-    resolve_checkpoint,
     write_text_atomic,
 )
-from krmini.tokenizer import KoTokenizer
 from krmini.train import checkpoint as ckpt
+from krmini.train import continued
 from krmini.train import distributed as ddist
 from krmini.train.config import RunConfig
 from krmini.train.evaluation import evaluate
@@ -83,11 +82,13 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, batches: BatchSources |
     if not t.data_dir:
         raise KrminiError("train.data_dir: not set; point it at a directory made by `krmini prepare`")
     manifest = read_manifest(t.data_dir)
+    out = Path(t.out_dir)
+    run_tokenizer = continued.run_tokenizer(t, manifest, out, resume)
+    tokenizer = continued.check_data_tokenizer(t.data_dir, manifest, run_tokenizer, t)
     if manifest["vocab_size"] > cfg.model.vocab_size:
         raise KrminiError(f"model.vocab_size: {cfg.model.vocab_size} is smaller than the vocabulary of "
                           f"{manifest['vocab_size']} that {t.data_dir} was tokenized with")
     offset, local_batch = ddist.local_slice(t.batch_size, ctx)
-    out = Path(t.out_dir)
     ckpt_root = out / CHECKPOINTS_DIR
     precision = pick_precision(t.precision, device)
     torch.manual_seed(t.seed)
@@ -95,11 +96,9 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, batches: BatchSources |
     model = LlamaModel(cfg.model).to(device)
     model.grad_checkpointing = t.grad_checkpointing
     if t.init_from and not resume:
-        base = resolve_checkpoint(t.init_from)
-        read_state(base)
-        ckpt.load_model_weights(model, base)
+        base = continued.init_weights(model, t)
         if ctx.is_main:
-            print(f"initialised from {base}")
+            print(f"initialised from {base}" + (f", moved to the tokenizer {t.tokenizer}" if t.tokenizer else ""))
     if cfg.lora:
         trainable, total = apply_lora(model, cfg.lora)
         if ctx.is_main:
@@ -129,7 +128,7 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, batches: BatchSources |
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         if not tokenizer_dir.is_dir():
-            KoTokenizer.load(manifest["tokenizer"]).save(tokenizer_dir, cfg.model.max_position_embeddings)
+            tokenizer.save(tokenizer_dir, cfg.model.max_position_embeddings)
         write_text_atomic(out / CONFIG_FILE, yaml.safe_dump(asdict(cfg), allow_unicode=True, sort_keys=False))
     if batches is None:
         train_windows, _ = split_windows(t.data_dir, "train", t.seq_len, t.seed)
