@@ -3,6 +3,8 @@
 Nothing here is a second training loop: `train()` gets `init_from` (the base weights), an optional
 `lora` section, and `BatchSources` whose targets are -100 except on the assistant's tokens, so
 resume, logging, precision and checkpoints behave exactly as in pretraining.
+An imported open model (`krmini import hf`) is tuned in its own chat template: the mask comes from
+`krmini.chat.template.training_sequences`, and its checkpoint of weights alone is only read.
 """
 
 from __future__ import annotations

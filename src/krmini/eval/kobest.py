@@ -164,12 +164,13 @@ def centred(score: float, chance: float) -> float:
 
 
 def choice_requests(tokenizer: KoTokenizer, examples: list[Example], prompts: list[str]) -> list[Request]:
-    """One request per choice, example after example: the prompt as a prompt is tokenized (`<|bos|>` first
-    for ours; an imported model's own way, as transformers' `tokenizer(prompt)`), the choice's bare ids."""
+    """One request per choice, example after example: BOS and the prompt's ids, then the choice's ids.
+    The BOS is the model's own (an imported Llama 3 or Mistral: `<|begin_of_text|>`, `<s>`, as
+    transformers' `tokenizer(prompt)` puts it; Qwen, which has none: the token its configuration
+    names, as in `krmini.eval.ppl`)."""
     requests = []
-    for e, prompt in zip(examples, prompts, strict=True):
-        context = tokenizer.encode_prompt(prompt)
-        requests += [Request(context, ids) for ids in tokenizer.encode_batch(list(e.choices))]
+    for e, ids in zip(examples, tokenizer.encode_batch(prompts), strict=True):
+        requests += [Request([tokenizer.bos_id, *ids], choice) for choice in tokenizer.encode_batch(list(e.choices))]
     return requests
 
 
