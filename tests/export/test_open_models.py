@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import io
-import itertools
 import json
 import shutil
 
@@ -28,8 +27,7 @@ from krmini.infer.generate import SamplingConfig, generate_ids
 from krmini.infer.load import load_model
 from krmini.infer.textstream import TextStream
 from krmini.model.info import count_parameters
-from tests.conftest import single_thread
-from tests.export.open_models import BY_NAME, FAMILIES, build_tokenizer, write_checkpoint
+from tests.export.open_models import BY_NAME, FAMILIES
 
 transformers = pytest.importorskip("transformers", reason="transformers not installed (pip install 'krmini[hf]')")
 
@@ -45,27 +43,6 @@ CONVERSATIONS = [
      {"role": "user", "content": "  앞뒤 공백은 어떻게 되나요?  "}],
 ]
 GREEDY = SamplingConfig(max_new_tokens=32, temperature=0)
-
-
-@pytest.fixture(scope="module")
-def imported(tmp_path_factory):
-    """name → (HF directory, imported run), built on first use (so `-k qwen3` builds one family)."""
-    from krmini.data.prepare import sample_texts
-    from krmini.demo import konlpy_corpus
-
-    texts = list(itertools.islice(sample_texts(konlpy_corpus(), "text", 10**9), 1500))
-    built = {}
-
-    def get(name: str):
-        if name not in built:
-            root = tmp_path_factory.mktemp(name)
-            with single_thread(), torch.random.fork_rng():
-                family = BY_NAME[name]
-                hf_dir = write_checkpoint(family, build_tokenizer(family, texts), root / "hf")
-                built[name] = hf_dir, import_hf(hf_dir, root / "run")
-        return built[name]
-
-    return get
 
 
 def hf_pair(hf_dir):

@@ -28,12 +28,10 @@ from safetensors.torch import load_file
 from krmini.errors import KrminiError
 from krmini.export.hf_config import export_family, from_hf_config, hf_config
 from krmini.infer.load import LoadedModel
-from krmini.model import LlamaModel
+from krmini.model import LlamaModel, ModelConfig
 from krmini.runs import CHECKPOINTS_DIR, TOKENIZER_DIR, check_target, read_json, run_dir, staged_dir
 from krmini.tokenizer import KoTokenizer
 from krmini.train import checkpoint as ckpt
-from krmini.train.config import TrainConfig
-from krmini.train.optim import build_optimizer
 
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
@@ -116,8 +114,12 @@ def load_hf_tokenizer(src: Path, raw: dict) -> KoTokenizer:
     return tokenizer
 
 
-def load_hf(src: Path) -> tuple[LlamaModel, KoTokenizer]:
-    """Our model (fp32) and tokenizer from a Hugging Face directory of a supported family."""
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def read_hf(src: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], KoTokenizer]:
+    """The model config, the weights as stored (names and shapes checked against config.json, dtype
+    kept) and the tokenizer of a Hugging Face directory of a supported family."""
     config_path = src / "config.json"
     raw = read_json(config_path, "not found; expected a Hugging Face model directory")
     config = from_hf_config(raw, str(config_path))
@@ -127,27 +129,33 @@ def load_hf(src: Path) -> tuple[LlamaModel, KoTokenizer]:
     tensors = _read_weights(src)
     if config.tie_word_embeddings:
         tensors.pop("lm_head.weight", None)
-    model = LlamaModel(config)
-    expected = ckpt.model_tensors(model)
+    with torch.device("meta"):  # shapes only: no memory for a model that is never run here
+        expected = dict(LlamaModel(config).state_dict())
+    if config.tie_word_embeddings:
+        expected.pop("lm_head.weight", None)
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or unexpected:
         raise KrminiError(f"{src}: weights do not match config.json (missing {missing[:3]}, unexpected {unexpected[:3]})")
     for k, v in tensors.items():
         if v.shape != expected[k].shape:
             raise KrminiError(f"{src}: {k} has shape {tuple(v.shape)}, config.json implies {tuple(expected[k].shape)}")
-    model.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=False)
-    return model.eval(), tokenizer
+        if v.dtype not in FLOAT_DTYPES:
+            raise KrminiError(f"{src}: {k} is {v.dtype}; expected float32, bfloat16 or float16 weights "
+                              "(a quantized checkpoint does not import)")
+    return config, tensors, tokenizer
 
 
 def import_hf(src: Path, out_run: Path, force: bool = False) -> Path:
-    """Write a Hugging Face directory as one of our runs (tokenizer/ + checkpoints/step_00000000)."""
-    check_target(out_run, force, inputs=[src])  # before the (slow) load
-    model, tokenizer = load_hf(src)
+    """Write a Hugging Face directory as one of our runs (tokenizer/ + checkpoints/step_00000000).
+
+    The checkpoint holds the weights alone, in the dtype they came in (a bf16 model stays bf16 on
+    disk; every reader loads it in the dtype it is asked for): nothing has trained it yet, so it has no
+    optimizer state, and fine-tuning starts from it with `init_from` like from any run."""
+    check_target(out_run, force, inputs=[src])  # before the (slow) read
+    config, tensors, tokenizer = read_hf(src)
     architectures = read_json(src / "config.json", "not found").get("architectures")
     with staged_dir(out_run, force, inputs=[src]) as tmp:
-        tokenizer.save(tmp / TOKENIZER_DIR, model.config.max_position_embeddings)
-        # A fresh optimizer keeps the checkpoint layout standard, so the run can be fine-tuned later.
-        state = {"model_config": asdict(model.config), "imported_from": str(src), "architectures": architectures}
-        path = ckpt.save_checkpoint(tmp / CHECKPOINTS_DIR, 0, model, build_optimizer(model, TrainConfig()), state, 1)
-        tokenizer.save(path / TOKENIZER_DIR, model.config.max_position_embeddings)
+        tokenizer.save(tmp / TOKENIZER_DIR, config.max_position_embeddings)
+        state = {"model_config": asdict(config), "imported_from": str(src), "architectures": architectures}
+        ckpt.write_checkpoint(tmp / CHECKPOINTS_DIR, 0, tensors, None, state, 1, tmp / TOKENIZER_DIR)
     return out_run
