@@ -61,7 +61,7 @@ def serve_extension(args):
         raise KrminiError(f"--memo {db}: is a directory; expected the memo index file (krmini memo index NOTES --db FILE)")
     from krmini.apps.memo.server import extension
 
-    return extension(db)
+    return extension(db, args.host, args.port)
 
 
 def _db_arg(p: argparse.ArgumentParser) -> None:
