@@ -34,9 +34,10 @@ COMMAND_MODULES = [
     "krmini.serve.cli",
     "krmini.apps.memo.cli",
 ]
-# Benchmarks and server routes of the apps layer join `krmini bench` and `krmini serve`, which sit
-# below apps and so do not import them.
+# Benchmarks, chat /commands and server routes of the apps layer join `krmini bench`, `krmini chat` and
+# `krmini serve`, which sit below apps and so do not import them.
 APP_BENCH_MODULES = ["krmini.apps.memo.bench"]
+APP_CHAT_MODULES = ["krmini.apps.memo.cli"]
 APP_SERVE_MODULES = ["krmini.apps.memo.cli"]
 
 
@@ -51,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(name)
         if name == "krmini.bench.cli":
             module.register(subparsers, [importlib.import_module(m) for m in APP_BENCH_MODULES])
+        elif name == "krmini.chat.cli":
+            module.register(subparsers, [importlib.import_module(m) for m in APP_CHAT_MODULES])
         elif name == "krmini.serve.cli":
             module.register(subparsers, [importlib.import_module(m) for m in APP_SERVE_MODULES])
         else:

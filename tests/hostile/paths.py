@@ -96,15 +96,14 @@ SPEC: dict[str, list[tuple]] = {
     "sft": [("--base", P("base", "run", "dir"), "--data", P("data", "chat_data", "file"), "--out", OUT_DIR,
              "--config", P("config", "sft_config", "config"), "--val-fraction", "0.3", *TINY_TRAIN)],
     "chat": [(P("model", "chat_run", "dir"), *CPU),
-             ("{run}", "--adapter", P("adapter", "adapter", "dir"), *CPU)],
+             ("{run}", "--adapter", P("adapter", "adapter", "dir"), *CPU),
+             ("{run}", "--memo", P("memo", "memo_db", "file"), *CPU)],
     "serve": [(P("model", "chat_run", "dir"), "--port", "{port}", *CPU),
               ("{run}", "--adapter", P("adapter", "adapter", "dir"), "--port", "{port}", *CPU),
               ("{run}", "--memo", P("memo", "memo_db", "file"), "--port", "{port}", *CPU)],
     "lora merge": [(P("run", "lora_run", "dir"), OUT_DIR, "--force")],
     "bench memo": [("--corpus", P("corpus", "corpus", "any"), "--notes", "10", "--queries", "2", "--repeats", "1",
                     "--json", JSON)],
-    "memo chat": [(P("model", "chat_run", "dir"), "--db", "{memo_db}", *CPU),
-                  ("{run}", "--adapter", P("adapter", "adapter", "dir"), "--db", "{memo_db}", *CPU)],
 }
 
 def slots(template: tuple) -> list[P]:

@@ -66,7 +66,7 @@ RULES = {
     "model-info": {"--batch": COUNT, "--seq-len": Rule(1, 256)},  # tiny's context
     "train": {"--nproc": THREADS},
     "generate": SAMPLING,
-    "chat": SAMPLING,
+    "chat": {"--memo-k": COUNT, "--min-coverage": Rule(0, 1), "--dense-weight": NON_NEGATIVE, **SAMPLING},
     "lab autograd": {"--seed": SEED, "--threads": THREADS, "--graphs": COUNT, "--depth": COUNT},
     "lab mlp": {"--seed": SEED, "--threads": THREADS, "--steps": COUNT, "--hidden": COUNT, "--lr": POSITIVE},
     "lab digits": {"--seed": SEED, "--threads": THREADS, "--epochs": COUNT, "--hidden": COUNT},
@@ -93,7 +93,6 @@ RULES = {
     "memo ask": {"--context": Rule(2), "-k": COUNT, "--min-coverage": Rule(0, 1), "--dense-weight": NON_NEGATIVE,
                  **SAMPLING},
     "memo summarize": {"--context": Rule(2), **SAMPLING},
-    "memo chat": {"-k": COUNT, "--min-coverage": Rule(0, 1), "--dense-weight": NON_NEGATIVE, **SAMPLING},
     "memo eval": {"--limit": COUNT, "--dense-weight": NON_NEGATIVE},
 }
 
@@ -131,7 +130,6 @@ def base_argv(command: str, tmp) -> list[str]:
         "memo search": ["서울", "--db", m("memo.db")],
         "memo ask": ["서울은?", "--db", m("memo.db"), "--backend", m("run")],
         "memo summarize": [m("notes"), "--db", m("memo.db"), "--backend", m("run")],
-        "memo chat": [m("run"), "--db", m("memo.db")],
         "memo eval": ["--notes", m("notes.jsonl"), "--questions", m("questions.jsonl")],
     }
     if command in argv:

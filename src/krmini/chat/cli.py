@@ -1,8 +1,17 @@
-"""`krmini sft` and `krmini chat`."""
+"""`krmini sft` and `krmini chat`.
+
+Layers above this one add options and /commands to `krmini chat` (`--memo`): the top-level CLI passes
+their modules in as `more`, each with `add_chat_args(parser)` and `chat_commands(args, stack)` (the
+/commands for `ChatSession.commands`; what they hold open joins `stack`, closed when the REPL ends).
+"""
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Iterable
+from contextlib import ExitStack
+from types import ModuleType
 
 from krmini.argtypes import number
 from krmini.chat.load import load_chat_model
@@ -15,7 +24,7 @@ from krmini.infer.cli import add_device_args, add_sampling_args, sampling_from_a
 from krmini.train.lora import parse_lora_spec
 
 
-def register(subparsers) -> None:
+def register(subparsers, more: Iterable[ModuleType] = ()) -> None:
     s = subparsers.add_parser(
         "sft", help="지시 학습 / instruction-tune a pretrained run on chat data",
         description="Fine-tune a pretrained run on chat JSONL ({\"messages\": [{\"role\", \"content\"}, …]}), "
@@ -44,7 +53,10 @@ def register(subparsers) -> None:
     c.add_argument("--system", default="", help="system prompt")
     add_device_args(c)
     add_sampling_args(c)
-    c.set_defaults(func=run_chat)
+    more = tuple(more)
+    for module in more:
+        module.add_chat_args(c)
+    c.set_defaults(func=functools.partial(run_chat, more=more))
 
 
 def run_sft_command(args) -> int:
@@ -65,8 +77,12 @@ def chat_engine(args):
     return build_engine(loaded, compile=args.compile, stop_ids=stop_ids(loaded.tokenizer))
 
 
-def run_chat(args) -> int:
+def run_chat(args, more: tuple[ModuleType, ...] = ()) -> int:
     sampling = sampling_from_args(args)
     sampling.validate()
-    repl(ChatSession(chat_engine(args), sampling, system=args.system))
+    with ExitStack() as stack:
+        commands = {}
+        for module in more:  # before the model loads: a wrong --memo index fails at once
+            commands.update(module.chat_commands(args, stack))
+        repl(ChatSession(chat_engine(args), sampling, system=args.system, commands=commands))
     return 0

@@ -37,7 +37,7 @@ class ChatSession:
     system: str = ""
     history: list[dict] = field(default_factory=list)
     # more /commands from the program that starts the REPL: name → (help text, handler(session, argument));
-    # `krmini memo chat` adds /memo this way (chat knows nothing of the memo assistant)
+    # `krmini chat --memo DB` adds /memo this way (chat knows nothing of the memo assistant)
     commands: dict[str, tuple[str, Callable[[ChatSession, str], None]]] = field(default_factory=dict)
 
     def help(self) -> str:

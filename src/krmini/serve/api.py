@@ -146,7 +146,8 @@ def invalid_body(exc: RequestValidationError, fields: frozenset = schema.FIELDS)
 @dataclass(frozen=True)
 class Served:
     """What an extension's handlers answer with: the served model and the generating path of
-    /v1/chat/completions (`check` a request's prompts, `respond` with the worker's reply)."""
+    /v1/chat/completions (`check` a request's prompts, `respond` with the worker's reply), and `embed`:
+    texts → unit rows (numpy float32) as /v1/embeddings makes them, blocking (call it off the event loop)."""
 
     model_name: str
     tokenizer: KoTokenizer
@@ -154,6 +155,7 @@ class Served:
     default_max_tokens: int
     check: Callable
     respond: Callable
+    embed: Callable
 
 
 @dataclass(frozen=True)
@@ -379,7 +381,10 @@ def create_app(worker: Worker, model_name: str, api_key: str | None = None, defa
         return {"object": "list", "model": model_name, "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
                 "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]}
 
-    served = Served(model_name, tokenizer, context, default_max_tokens, check, respond)
+    def embed(texts: list[str]):
+        return worker.embed([tokenizer.encode_prompt(t)[:context] for t in texts]).numpy()
+
+    served = Served(model_name, tokenizer, context, default_max_tokens, check, respond, embed)
     for extension in extensions:
         extension.add(app, served)
     return app

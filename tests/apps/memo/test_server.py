@@ -280,6 +280,9 @@ def test_the_document_lists_the_memo_operations_behind_the_key(client):
     schemas = spec["components"]["schemas"]
     assert schemas["SearchRequest"]["properties"]["k"]["maximum"] == 50
     assert schemas["MemoChatRequest"]["properties"]["min_coverage"]["default"] == MIN_COVERAGE
+    for name in ("SearchRequest", "MemoChatRequest"):
+        assert schemas[name]["properties"]["mode"]["anyOf"][0] == {"type": "string",
+                                                                   "enum": ["lexical", "dense", "hybrid"]}
     assert {"SearchResults", "MemoChatCompletion", "MemoSources", "NoteLines"} <= set(schemas)
 
 

@@ -1,5 +1,6 @@
 """`krmini memo …`: index notes, see their state, search them, measure retrieval, ask about them;
-and `krmini serve RUN --memo DB` (`add_serve_args`, `serve_extension`), which the top-level CLI hands in."""
+`krmini chat RUN --memo DB` (`add_chat_args`, `chat_commands`: the REPL's /memo QUESTION) and
+`krmini serve RUN --memo DB` (`add_serve_args`, `serve_extension`), which the top-level CLI hands in."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import json
 import sqlite3
 import sys
 import threading
+from contextlib import ExitStack
 from pathlib import Path
 
 from krmini.apps.memo import indexer, vectors
@@ -59,7 +61,7 @@ def serve_extension(args):
         raise KrminiError(f"--memo {db}: is a directory; expected the memo index file (krmini memo index NOTES --db FILE)")
     from krmini.apps.memo.server import extension
 
-    return extension(db)
+    return extension(db, args.host, args.port)
 
 
 def _db_arg(p: argparse.ArgumentParser) -> None:
@@ -125,27 +127,51 @@ def register(subparsers) -> None:
     add_sampling_args(q)
     q.set_defaults(func=_guarded(run_summarize))
 
-    q = sub.add_parser("chat", help="대화 + /memo / the chat REPL with /memo QUESTION grounded in the notes")
-    q.add_argument("model", metavar="RUN", help="SFT run or checkpoint directory")
-    q.add_argument("--adapter", help="LoRA adapter directory to load onto RUN (a base model)")
-    q.add_argument("--system", default="", help="system prompt")
-    _db_arg(q)
-    _grounding_args(q)
-    q.set_defaults(func=_guarded(run_chat))
-
     from krmini.apps.memo import evaluate
 
     evaluate.register(sub)
 
 
-def _grounding_args(q: argparse.ArgumentParser) -> None:
-    q.add_argument("-k", type=POSITIVE_INT, default=4, help="chunks to retrieve (default 4)")
+def _retrieval_args(q: argparse.ArgumentParser, k_flag: str) -> None:
+    q.add_argument(k_flag, type=POSITIVE_INT, default=4, help="chunks to retrieve (default 4)")
     q.add_argument("--min-coverage", type=SHARE, default=MIN_COVERAGE,
                    help=f"answer only when the best chunk holds this share of the question (default {MIN_COVERAGE})")
     _units_arg(q, "unit kinds to search with (default: all the index has)")
     add_embed_args(q)
+
+
+def _grounding_args(q: argparse.ArgumentParser) -> None:
+    _retrieval_args(q, "-k")
     add_device_args(q)
     add_sampling_args(q)
+
+
+def add_chat_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--memo", metavar="DB", help="메모 색인으로 /memo 질문 / adds `/memo QUESTION`, a turn answered "
+                   "from this memo index (`krmini memo index`) with its sources; the options below search it")
+    _retrieval_args(p, "--memo-k")
+
+
+def chat_commands(args, stack: ExitStack) -> dict:
+    """`krmini chat --memo DB`'s /memo, on the index kept open (in `stack`) for the REPL's life; none without --memo."""
+    if args.memo is None:
+        return {}
+    db = Path(args.memo)
+    if db.is_dir():
+        raise KrminiError(f"--memo {db}: is a directory; expected the memo index file (krmini memo index NOTES --db FILE)")
+    try:
+        store = stack.enter_context(Store.open(db))
+        searcher = open_searcher(store, args)
+    except sqlite3.Error as exc:
+        raise damaged(db, exc) from None
+    command = memo_command(searcher, args.memo_k, args.min_coverage)
+
+    def guarded(session, question: str) -> None:
+        try:
+            command(session, question)
+        except sqlite3.Error as exc:
+            raise damaged(db, exc) from None
+    return {"/memo": ("QUESTION 메모를 근거로 답하기 (answer from the notes)", guarded)}
 
 
 def _sampling(args) -> SamplingConfig:
@@ -200,20 +226,6 @@ def run_summarize(args) -> int:
     backend = open_backend(args)
     print(f"{len({h.path for h in hits})} notes, {len(hits)} chunks; backend {backend.name} (context {backend.context})")
     summarize(backend, hits, sampling)
-    return 0
-
-
-def run_chat(args) -> int:
-    from krmini.chat.cli import chat_engine
-    from krmini.chat.repl import ChatSession, repl
-
-    sampling = _sampling(args)
-    with Store.open(args.db) as store:
-        searcher = open_searcher(store, args)
-        command = memo_command(searcher, args.k, args.min_coverage)
-        session = ChatSession(chat_engine(args), sampling, system=args.system,
-                              commands={"/memo": ("QUESTION 메모를 근거로 답하기 (answer from the notes)", command)})
-        repl(session)
     return 0
 
 

@@ -8,6 +8,11 @@
     GET  /v1/memo/note     a cited note's lines, to show them (files.py: only indexed files, only inside
                            the indexed folders)
 
+Search runs in the index's default mode (hybrid when it has vectors, else lexical; a request may name
+`mode`) with the index's own embedder, loaded once at startup. When that embedder is `openai:URL` naming
+this very server, queries are embedded by the served model directly (`Served.embed`, the worker's
+`Engine.embed` between batches, off the event loop): a handler never calls its own server over HTTP.
+
 All under /v1/, so the server's API key guards the notes as it guards the model. Each request opens
 the index for its own short read (SQLite's WAL lets `krmini memo index --watch` write meanwhile), so
 answers follow the index as it changes. The top-level CLI hands `krmini serve` these routes
@@ -17,21 +22,25 @@ answers follow the index as it changes. The top-level CLI hands `krmini serve` t
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import sqlite3
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Query
 from fastapi.responses import StreamingResponse
 
-from krmini.apps.memo import files
+from krmini.apps.memo import files, vectors
 from krmini.apps.memo.ask import Source, answer_messages, choose, cited_numbers, fit_sources, refusal
+from krmini.apps.memo.embed import OPENAI, Embedder, Identity, open_embedder, unit_rows
 from krmini.apps.memo.indexer import display
 from krmini.apps.memo.search import Hit, Results, Searcher
 from krmini.apps.memo.server_schema import (
@@ -52,13 +61,40 @@ from krmini.serve import schema
 from krmini.serve.api import APIError, Extension, Served
 
 
-@dataclass(frozen=True)
+class ServedEmbedder:
+    """The index's `openai:URL` embedder when URL is this server: the served model's own embeddings
+    (what its /v1/embeddings answers), without HTTP. Blocking: call it off the event loop."""
+
+    def __init__(self, served: Served, stored: Identity):
+        self.served = served
+        self.identity = Identity("openai", served.model_name, int(served.embed(["차원"]).shape[1]), stored.spec)
+
+    def embed(self, texts: list[str], query: bool = False):
+        return unit_rows(self.served.embed(texts), self.identity.spec)
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def names_server(spec: str, host: str, port: int) -> bool:
+    """Whether `openai:URL` is this server (bound to `host`:`port`)."""
+    url = urlsplit(spec[len(OPENAI):])
+    there = url.hostname or ""
+    return url.port == port and (there == host or (_loopback(there) and (_loopback(host) or host in ("0.0.0.0", "::"))))
+
+
+@dataclass
 class Memo:
     db: Path
+    embedder: Embedder | None = None  # the index's, loaded once; None: lexical search only
 
-    def searcher(self, store: Store) -> Searcher:
+    def searcher(self, store: Store, mode: str | None = None) -> Searcher:
         """The one place the server makes a Searcher (search settings join here)."""
-        return Searcher(store)
+        return Searcher(store, mode=mode, embedder=self.embedder)
 
     @contextmanager
     def opened(self) -> Iterator[Store]:
@@ -71,9 +107,17 @@ class Memo:
         except KrminiError as exc:
             raise APIError(500, str(exc), "server_error") from None
 
-    def search(self, query: str, k: int) -> Results:
+    def search(self, query: str, k: int, mode: str | None = None) -> Results:
         with self.opened() as store:
-            return self.searcher(store).search(query, k)
+            try:
+                searcher = self.searcher(store, mode)
+            except KrminiError as exc:
+                if mode is None:
+                    raise
+                error = APIError(400, str(exc).replace("--mode ", "mode ", 1), param="mode")
+            else:
+                return searcher.search(query, k)
+        raise error
 
 
 def chunk(hit: Hit, text: str | None = None) -> dict:
@@ -127,7 +171,7 @@ def ground(memo: Memo, served: Served, req: MemoChatRequest, max_tokens: int | N
         raise APIError(400, "messages: expected the question last (a message of role user), "
                        f"got {req.messages[-1].role}", param="messages")
     question = req.messages[-1].text()
-    results = memo.search(question, req.k)
+    results = memo.search(question, req.k, req.mode)
     hits = choose(results.hits, req.min_coverage)
     if not hits:
         return Grounded(results, None, [])
@@ -151,8 +195,9 @@ def add_routes(memo: Memo, app: FastAPI, served: Served) -> None:
     @app.post("/v1/memo/search", responses={200: {"description": "the best chunks, best first", "model": SearchResults},
                                            400: schema.error("invalid request: the field at fault is `error.param`")})
     def search(req: SearchRequest):
-        """The notes' chunks that best match `query` (BM25), each with where it is: `krmini memo search`."""
-        results = memo.search(req.query, req.k)
+        """The notes' chunks that best match `query`, each with where it is: `krmini memo search`. `mode`
+        (default: hybrid when the index has vectors, else lexical) is said in the answer."""
+        results = memo.search(req.query, req.k, req.mode)
         return {"mode": results.mode, "units": "+".join(results.kinds), "chunks": results.chunks,
                 "hits": [{"n": n, **chunk(h), "note_id": h.note_id} for n, h in enumerate(results.hits, 1)]}
 
@@ -198,12 +243,30 @@ def add_routes(memo: Memo, app: FastAPI, served: Served) -> None:
                 "lines": [{"no": line.no, "page": line.page, "level": line.level, "text": line.text} for line in lines]}
 
 
-def extension(db: Path) -> Extension:
-    """The memo routes for `create_app`, after checking that `db` is a memo index the Searcher reads."""
+def extension(db: Path, host: str = "127.0.0.1", port: int = 8000) -> Extension:
+    """The memo routes for `create_app`, after checking that `db` is a memo index the Searcher reads; the
+    index's embedder is loaded here, or (naming this server, `host`:`port`) once the served model is known."""
     memo = Memo(db)
     try:
         with Store.open(db) as store:
-            memo.searcher(store)
+            memo.searcher(store, "lexical")
+            stored = vectors.stored_identity(store) if vectors.counts(store)[0] else None
     except sqlite3.Error as exc:
         raise damaged(db, exc) from None
-    return Extension("memo", lambda app, served: add_routes(memo, app, served), REQUESTS, ANSWERS)
+    served_here = stored is not None and stored.kind == "openai" and names_server(stored.spec, host, port)
+    if stored is not None and not served_here:
+        try:
+            memo.embedder = open_embedder(stored.spec, stored.name if stored.kind == "openai" else None)
+        except KrminiError as exc:
+            warnings.warn(f"--memo {db}: searching lexically only; the index's embedder {stored} did not load "
+                          f"({exc})", stacklevel=1)
+
+    def add(app: FastAPI, served: Served) -> None:
+        if served_here:
+            embedder = ServedEmbedder(served, stored)
+            if not stored.same_model(embedder.identity):
+                raise KrminiError(f"--memo {db}: its vectors come from {stored}, but this server serves "
+                                  f"{embedder.identity} (serve it under that name: --name {stored.name})")
+            memo.embedder = embedder
+        add_routes(memo, app, served)
+    return Extension("memo", add, REQUESTS, ANSWERS)

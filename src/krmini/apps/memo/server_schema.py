@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from krmini.apps.memo.ask import MIN_COVERAGE
+from krmini.apps.memo.embed import MODES
 from krmini.serve import schema
 from krmini.serve.schema import ChatCompletion, ChatRequest, Request, whole
 
@@ -17,12 +18,16 @@ MAX_LINES = 500  # lines of a note one request may read
 
 Count = Annotated[int, Field(ge=1, le=MAX_K), BeforeValidator(whole)]
 LineNo = Annotated[int, Field(ge=1), BeforeValidator(whole)]
+Mode = Literal[MODES]
+MODE = Field(None, description="lexical (BM25), dense (embeddings) or hybrid (both, fused); default: hybrid when the "
+             "index has vectors, else lexical. dense and hybrid need an index with vectors")
 
 
 class SearchRequest(Request):
     model_config = ConfigDict(json_schema_extra={"examples": [{"query": "마케팅 예산은 얼마야?", "k": 3}]})
     query: str = Field(min_length=1, max_length=MAX_QUERY, description="what to look for, in any words")
     k: Count = Field(5, description="how many chunks, best first")
+    mode: Mode | None = MODE
 
 
 class MemoChatRequest(ChatRequest):
@@ -31,6 +36,7 @@ class MemoChatRequest(ChatRequest):
         {"messages": [{"role": "user", "content": "제주 숙소는 어디야?"}], "stream": True, "k": 3},
     ]})
     k: Count = Field(4, description="chunks to retrieve for the last user message")
+    mode: Mode | None = MODE
     min_coverage: float = Field(MIN_COVERAGE, ge=0, le=1, description=(
         "answer only when the best chunk holds this share of the question's words; below it the answer is "
         "a refusal and no model runs"))
@@ -71,7 +77,7 @@ class SearchHit(Chunk):
 
 
 class SearchResults(BaseModel):
-    mode: str = Field(description="how it was searched: `lexical` (BM25 over the index's unit kinds)")
+    mode: str = Field(description="what ran: `lexical` (BM25 over the index's unit kinds), `dense` or `hybrid`")
     units: str = Field(description="the unit kinds used (`bigram`, `bigram+kiwi`)")
     chunks: int = Field(ge=0, description="chunks in the index")
     hits: list[SearchHit]
