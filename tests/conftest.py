@@ -226,16 +226,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def chat_server(chat_run, tmp_path_factory):
-    """`krmini serve chat_run` as a real process on 127.0.0.1 and a free port, with an API key."""
+@contextlib.contextmanager
+def serve_process(run: Path, log_dir: Path, *more: str):
+    """`krmini serve RUN MORE…` as a real process on 127.0.0.1 and a free port, with an API key."""
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONIOENCODING": "utf-8"}
-    log_path = tmp_path_factory.mktemp("serve") / "server.log"
+    log_path = log_dir / "server.log"
     log = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 (the server writes to it until teardown)
     process = subprocess.Popen(
-        [sys.executable, "-m", "krmini", "serve", str(chat_run), "--port", str(port), "--api-key", "test-key",
-         "--name", "krmini-test", "--max-tokens", str(MAX_TOKENS), "--device", "cpu"],
+        [sys.executable, "-m", "krmini", "serve", str(run), "--port", str(port), "--api-key", "test-key",
+         "--name", "krmini-test", "--max-tokens", str(MAX_TOKENS), "--device", "cpu", *more],
         env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
@@ -250,13 +250,22 @@ def chat_server(chat_run, tmp_path_factory):
             process.kill()
             pytest.fail(f"server did not start:\n{log_path.read_text(encoding='utf-8')}")
         time.sleep(0.2)
-    yield Server(url, "test-key", process)
-    process.terminate()
     try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
+        yield Server(url, "test-key", process)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def chat_server(chat_run, tmp_path_factory):
+    """`krmini serve chat_run` as a real process on 127.0.0.1 and a free port, with an API key."""
+    with serve_process(chat_run, tmp_path_factory.mktemp("serve")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -34,8 +34,10 @@ COMMAND_MODULES = [
     "krmini.serve.cli",
     "krmini.apps.memo.cli",
 ]
-# Benchmarks of the apps layer join `krmini bench`, which sits below apps and so does not import them.
+# Benchmarks and server routes of the apps layer join `krmini bench` and `krmini serve`, which sit
+# below apps and so do not import them.
 APP_BENCH_MODULES = ["krmini.apps.memo.bench"]
+APP_SERVE_MODULES = ["krmini.apps.memo.cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(name)
         if name == "krmini.bench.cli":
             module.register(subparsers, [importlib.import_module(m) for m in APP_BENCH_MODULES])
+        elif name == "krmini.serve.cli":
+            module.register(subparsers, [importlib.import_module(m) for m in APP_SERVE_MODULES])
         else:
             module.register(subparsers)
     return parser

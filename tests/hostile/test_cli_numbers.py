@@ -89,11 +89,12 @@ RULES = {
     "serve": {"--port": Rule(1, 65535), "--max-tokens": COUNT},
     "bench memo": {"--notes": COUNT, "--queries": COUNT, "--repeats": COUNT},
     "memo index": {"--max-mb": POSITIVE, "--poll": POSITIVE},
-    "memo search": {"-k": COUNT},
-    "memo ask": {"--context": Rule(2), "-k": COUNT, "--min-coverage": Rule(0, 1), **SAMPLING},
+    "memo search": {"-k": COUNT, "--dense-weight": NON_NEGATIVE},
+    "memo ask": {"--context": Rule(2), "-k": COUNT, "--min-coverage": Rule(0, 1), "--dense-weight": NON_NEGATIVE,
+                 **SAMPLING},
     "memo summarize": {"--context": Rule(2), **SAMPLING},
-    "memo chat": {"-k": COUNT, "--min-coverage": Rule(0, 1), **SAMPLING},
-    "memo eval": {"--limit": COUNT},
+    "memo chat": {"-k": COUNT, "--min-coverage": Rule(0, 1), "--dense-weight": NON_NEGATIVE, **SAMPLING},
+    "memo eval": {"--limit": COUNT, "--dense-weight": NON_NEGATIVE},
 }
 
 OPTIONS = numeric_options()

@@ -14,7 +14,7 @@ from krmini.cli import build_parser
 
 # dests that name a file or directory (an input read, or an output written)
 PATH_DEST = re.compile(r"^(model|run|src|base|adapter|config|preset|data|data_dir|out|tokenizer|corpus|inputs?|"
-                       r"train|heldout|json|init_from|domain|general)$")
+                       r"train|heldout|json|memo|init_from|domain|general)$")
 
 
 def commands() -> dict[str, argparse.ArgumentParser]:

@@ -48,7 +48,8 @@ def test_every_operation_documents_the_statuses_it_answers_with(spec):
     generate = ["200", "400", "401", "404", "500"]
     assert documented == {("GET", "/"): ["200", "500"], ("GET", "/health"): ["200", "500"],
                           ("GET", "/v1/models"): ["200", "401", "500"], ("POST", CHAT): generate,
-                          ("POST", COMPLETE): generate, ("POST", "/tokenize"): ["200", "400", "401", "500"]}
+                          ("POST", COMPLETE): generate, ("POST", "/tokenize"): ["200", "400", "401", "500"],
+                          ("POST", "/v1/embeddings"): generate}
     schemas = spec["components"]["schemas"]
     assert "HTTPValidationError" not in schemas and "ValidationError" not in schemas
     error = {"$ref": "#/components/schemas/ErrorResponse"}

@@ -22,7 +22,7 @@ import pytest
 SEED = 20260501
 MAX_EXAMPLES = 200  # per operation and phase
 OPERATIONS = ["GET /", "GET /health", "GET /v1/models", "POST /tokenize", "POST /v1/chat/completions",
-              "POST /v1/completions"]
+              "POST /v1/completions", "POST /v1/embeddings"]
 
 
 def body_of(data: dict | None) -> object:

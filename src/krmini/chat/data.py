@@ -12,8 +12,11 @@ Input lines are `{"messages": [{"role": "system"|"user"|"assistant", "content": 
 - a record with no assistant reply left, bad JSON, unknown roles or empty content is skipped.
 
 `prepare_chat` writes a data directory like `krmini prepare` does (token shards + manifest.json) plus
-one mask byte per token (1 = learned). Conversations are split train/val by content hash.
-`ChatWindows` packs whole conversations into rows of seq_len + 1 tokens (padding the rest) and
+one mask byte per token (1 = learned) and where each sequence starts (`{split}.starts`, uint64
+offsets: a conversation is one sequence, or one per reply for an imported model whose template
+needs it, see `krmini.chat.template.training_sequences`). Conversations are split train/val by
+content hash. A conversation the model's own template cannot format for training is skipped and
+counted. `ChatWindows` packs whole sequences into rows of seq_len + 1 tokens (padding the rest) and
 serves them through the same interface as `TokenWindows`, with targets -100 where nothing is learned.
 """
 
@@ -29,7 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from krmini.chat.template import ROLES, render
+from krmini.chat.template import ROLES, training_sequences
 from krmini.data.loader import TokenWindows
 from krmini.data.shards import (
     FORMAT_VERSION,
@@ -132,6 +135,11 @@ def chat_files(paths: list[str | Path]) -> list[Path]:
 
 
 def read_conversations(paths: list[str | Path], report: ChatReport) -> Iterator[list[dict]]:
+    return (messages for _, messages in read_records(paths, report))
+
+
+def read_records(paths: list[str | Path], report: ChatReport) -> Iterator[tuple[str, list[dict]]]:
+    """("file:line", checked messages) of every conversation kept by `check_conversation`."""
     for path in chat_files(paths):
         with open(path, "rb") as fh:
             for n, raw in enumerate(fh, 1):
@@ -148,7 +156,7 @@ def read_conversations(paths: list[str | Path], report: ChatReport) -> Iterator[
                     continue
                 messages = check_conversation(record, report, f"{path}:{n}")
                 if messages is not None:
-                    yield messages
+                    yield f"{path}:{n}", messages
 
 
 def prepare_chat(paths: list[str | Path], tokenizer: KoTokenizer, tokenizer_path: str, out_dir: str | Path,
@@ -164,19 +172,23 @@ def prepare_chat(paths: list[str | Path], tokenizer: KoTokenizer, tokenizer_path
     masks: dict[str, list[np.ndarray]] = {s: [] for s in CHAT_SPLITS}
     targets = {s: {"tokens": 0, "bytes": 0} for s in CHAT_SPLITS}
     seen: set[bytes] = set()
-    for messages in tqdm(read_conversations(paths, report), desc="chat data", unit="conv", disable=not progress):
+    for where, messages in tqdm(read_records(paths, report), desc="chat data", unit="conv", disable=not progress):
         digest = document_digest(json.dumps(messages, ensure_ascii=False))
         if digest in seen:
             report.skipped["duplicate conversation"] += 1
             continue
         seen.add(digest)
+        try:
+            sequences = training_sequences(tokenizer, messages)
+        except KrminiError as exc:  # the model's own template refuses it, or cannot mark its replies
+            report.skip(where, str(exc)[:120])
+            continue
         report.kept += 1
         split = split_of(digest, val_fraction, 0.0)
-        rendered = render(tokenizer, messages)
         learned_bytes = sum(len(m["content"].encode("utf-8")) for m in messages if m["role"] == "assistant")
-        writers[split].write(np.asarray(rendered.ids), learned_bytes)
-        masks[split].append(np.asarray(rendered.mask, dtype=np.uint8))
-        targets[split]["tokens"] += sum(rendered.mask)
+        writers[split].write(np.asarray([t for seq in sequences for t in seq.ids]), learned_bytes)
+        masks[split] += [np.asarray(seq.mask, dtype=np.uint8) for seq in sequences]
+        targets[split]["tokens"] += sum(sum(seq.mask) for seq in sequences)
         targets[split]["bytes"] += learned_bytes
     for w in writers.values():
         w.close()
@@ -185,6 +197,8 @@ def prepare_chat(paths: list[str | Path], tokenizer: KoTokenizer, tokenizer_path
             raise KrminiError(f"{', '.join(map(str, paths))}: {report.summary()}; none in the {split} split — "
                               f"give more conversations")
         write_bytes_atomic(out / f"{split}.mask", np.concatenate(masks[split]).tobytes())
+        starts = np.cumsum([0, *(len(m) for m in masks[split][:-1])], dtype=np.uint64)
+        write_bytes_atomic(out / f"{split}.starts", starts.tobytes())
     manifest = {
         "format_version": FORMAT_VERSION, "kind": "chat", "dtype": dtype.name,
         "vocab_size": tokenizer.vocab_size, "bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id,
@@ -212,18 +226,33 @@ def load_chat_split(data_dir: str | Path, split: str) -> tuple[np.ndarray, np.nd
     return ids, mask
 
 
-class ChatWindows(TokenWindows):
-    """Rows of whole conversations packed first-fit in order; same sampling/resume logic as pretraining.
+def load_chat_starts(data_dir: str | Path, split: str, tokens: int) -> np.ndarray | None:
+    """Where each sequence of a split starts, or None for data made before `{split}.starts` was written
+    (its conversations all start with BOS)."""
+    path = Path(data_dir) / f"{split}.starts"
+    if not path.is_file():
+        return None
+    starts = np.fromfile(path, dtype=np.uint64).astype(np.int64)
+    if not len(starts) or starts[0] != 0 or (np.diff(starts) <= 0).any() or starts[-1] >= tokens:
+        raise KrminiError(f"{path}: not increasing offsets from 0 below {tokens} tokens; re-run `krmini sft`")
+    return starts
 
-    A conversation longer than a row is cut to the row (its later turns are lost); rows in which
-    nothing is learned are dropped. `truncated` counts the cut conversations.
+
+class ChatWindows(TokenWindows):
+    """Rows of whole sequences (conversations) packed first-fit in order; same sampling/resume logic
+    as pretraining.
+
+    A sequence longer than a row is cut to the row (its later turns are lost); rows in which nothing
+    is learned are dropped. `truncated` counts the cut sequences. They start at `starts` (written by
+    `prepare_chat`), or where BOS is (our template puts it first, and nowhere else).
     """
 
-    def __init__(self, ids: np.ndarray, mask: np.ndarray, seq_len: int, seed: int, bos_id: int, pad_id: int) -> None:
+    def __init__(self, ids: np.ndarray, mask: np.ndarray, seq_len: int, seed: int, bos_id: int, pad_id: int,
+                 starts: np.ndarray | None = None) -> None:
         self.seq_len, self.seed, self.pad_id = seq_len, seed, pad_id
         self.ids = ids.astype(np.int64)
         self.labels = np.where(mask.astype(bool), self.ids, -100)
-        starts = np.flatnonzero(ids == bos_id).tolist() + [len(ids)]
+        starts = (np.flatnonzero(ids == bos_id) if starts is None else starts).tolist() + [len(ids)]
         row_len = seq_len + 1
         self.rows: list[list[tuple[int, int]]] = []
         self.truncated = 0
@@ -267,7 +296,10 @@ class ChatWindows(TokenWindows):
 def chat_batches(data_dir: str | Path, seq_len: int, seed: int, tokenizer: KoTokenizer):
     """BatchSources for the trainer: packed train/val rows and bytes per learned val token."""
     manifest = read_manifest(data_dir)
-    windows = {s: ChatWindows(*load_chat_split(data_dir, s), seq_len, seed, tokenizer.bos_id, tokenizer.pad_id)
-               for s in CHAT_SPLITS}
+    windows = {}
+    for split in CHAT_SPLITS:
+        ids, mask = load_chat_split(data_dir, split)
+        windows[split] = ChatWindows(ids, mask, seq_len, seed, tokenizer.bos_id, tokenizer.pad_id,
+                                     load_chat_starts(data_dir, split, len(ids)))
     val = manifest["targets"]["val"]
     return BatchSources(windows["train"], windows["val"], val["bytes"] / max(val["tokens"], 1))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from krmini.chat.template import END
+from krmini.chat.template import check_chat_tokenizer
 from krmini.errors import KrminiError
 from krmini.infer.load import LoadedModel, load_model
 from krmini.runs import STATE_FILE, lora_section, read_state, resolve_checkpoint
@@ -39,5 +39,5 @@ def load_chat_model(run_or_ckpt: str | Path, device: torch.device, adapter: str 
         loaded = load_model(run_or_ckpt, device, dtype)
     else:
         loaded = load_base_with_adapter(run_or_ckpt, adapter, device, dtype)
-    loaded.tokenizer.token_id(END)  # fails clearly for a tokenizer without chat tokens
+    check_chat_tokenizer(loaded.tokenizer)
     return loaded

@@ -96,7 +96,8 @@ class ChatSession:
         return True
 
 
-def repl(session: ChatSession, out=sys.stdout) -> None:
+def repl(session: ChatSession, out=None) -> None:
+    out = out or sys.stdout  # looked up per call: a caller (or a test) may have replaced sys.stdout
     out.write(f"krmini chat — {session.engine.source}\n{session.help()}\n")
     while True:
         try:

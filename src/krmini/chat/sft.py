@@ -3,6 +3,8 @@
 Nothing here is a second training loop: `train()` gets `init_from` (the base weights), an optional
 `lora` section, and `BatchSources` whose targets are -100 except on the assistant's tokens, so
 resume, logging, precision and checkpoints behave exactly as in pretraining.
+An imported open model (`krmini import hf`) is tuned in its own chat template: the mask comes from
+`krmini.chat.template.training_sequences`, and its checkpoint of weights alone is only read.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from krmini.chat.data import chat_batches, prepare_chat
-from krmini.chat.template import END
+from krmini.chat.template import check_chat_tokenizer
 from krmini.config import apply_overrides, from_dict, load_yaml
 from krmini.data.shards import read_manifest
 from krmini.errors import KrminiError
@@ -71,7 +73,7 @@ def run_sft(base: str | Path, data: list[str], out: str | Path, config: str = "s
     check_output(out, "dir", [run_dir(base_ckpt)])  # never inside (or holding) the base it starts from
     tokenizer_dir = base_ckpt / TOKENIZER_DIR
     tokenizer = KoTokenizer.load(tokenizer_dir)
-    tokenizer.token_id(END)
+    check_chat_tokenizer(tokenizer)  # ours has the chat tokens; an imported model has its own template
     data_dir = Path(cfg.train.data_dir)
     if not (resume and (data_dir / "manifest.json").is_file()):
         prepare_chat(data, tokenizer, str(tokenizer_dir), data_dir, val_fraction, progress=progress)

@@ -163,18 +163,26 @@ def centred(score: float, chance: float) -> float:
     return (score - chance) / (1 - chance)
 
 
+def choice_requests(tokenizer: KoTokenizer, examples: list[Example], prompts: list[str]) -> list[Request]:
+    """One request per choice, example after example: BOS and the prompt's ids, then the choice's ids.
+    The BOS is the model's own (an imported Llama 3 or Mistral: `<|begin_of_text|>`, `<s>`, as
+    transformers' `tokenizer(prompt)` puts it; Qwen, which has none: the token its configuration
+    names, as in `krmini.eval.ppl`)."""
+    requests = []
+    for e, ids in zip(examples, tokenizer.encode_batch(prompts), strict=True):
+        requests += [Request([tokenizer.bos_id, *ids], choice) for choice in tokenizer.encode_batch(list(e.choices))]
+    return requests
+
+
 def score_examples(model: LlamaModel, tokenizer: KoTokenizer, task: Task, examples: list[Example],
                    prompts: list[str], max_batch_tokens: int = 4096, progress: bool = False) -> dict:
-    prompt_ids = tokenizer.encode_batch(prompts)
-    requests, spans = [], []
-    for e, ids in zip(examples, prompt_ids, strict=True):
-        spans.append(len(requests))
-        for choice_ids in tokenizer.encode_batch(list(e.choices)):
-            requests.append(Request([tokenizer.bos_id, *ids], choice_ids))
+    requests = choice_requests(tokenizer, examples, prompts)
     logprobs = continuation_logprobs(model, requests, max_batch_tokens, progress, desc=task.name)
     labels, raw, norm = [], [], []
-    for e, first in zip(examples, spans, strict=True):
+    first = 0
+    for e in examples:
         lp = logprobs[first:first + len(e.choices)]
+        first += len(e.choices)
         per_byte = [x / len(c.encode("utf-8")) for x, c in zip(lp, e.choices, strict=True)]
         labels.append(e.label)
         raw.append(max(range(len(lp)), key=lp.__getitem__))

@@ -4,7 +4,9 @@ Loss per token depends on the tokenizer (a tokenizer with longer tokens has fewe
 models with different vocabularies compare only per byte: bits/byte = total nats / ln 2 / UTF-8 bytes
 of the scored text. Documents are read and cleaned exactly as `krmini prepare` does before
 tokenizing, and each is scored as `<|bos|>` + its tokens (the end-of-document token is not scored:
-it has no bytes).
+it has no bytes). An imported model's documents start with its own BOS (`<|begin_of_text|>`, `<s>`);
+one without a BOS (Qwen) uses the token its configuration names instead (`<|endoftext|>`), the
+prefix lm-evaluation-harness gives such a model too.
 
 A document longer than the context is scored in windows: the first window scores its whole length,
 each next one moves on by `stride` tokens and scores only those, seeing up to `context − stride`

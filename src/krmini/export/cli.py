@@ -30,11 +30,14 @@ def register(subparsers) -> None:
     gg.add_argument("--force", action="store_true", help="replace OUT.gguf if it exists")
     gg.set_defaults(func=run_export_gguf)
 
-    imp = subparsers.add_parser("import", help="가져오기 / import a Hugging Face Llama checkpoint as a krmini run")
+    imp = subparsers.add_parser("import", help="가져오기 / import a Hugging Face checkpoint (Llama, Qwen, Mistral) as a run")
     isub = imp.add_subparsers(dest="import_command", metavar="FORMAT", required=True)
-    ih = isub.add_parser("hf", help="Llama-architecture HF directory (safetensors) → run directory",
-                         description="Read config.json + model.safetensors (+ tokenizer.json) and write a run "
-                         "directory with one checkpoint, usable by generate/eval/train.")
+    ih = isub.add_parser("hf", help="HF directory (Llama 3.x/SmolLM2, Qwen2/2.5, Qwen3, Mistral; safetensors) → run",
+                         description="Read config.json, the safetensors weights (one file or sharded with its index), "
+                         "tokenizer.json and tokenizer_config.json (+ generation_config.json) of a LlamaForCausalLM, "
+                         "Qwen2ForCausalLM, Qwen3ForCausalLM or MistralForCausalLM (no sliding window) and write a run "
+                         "directory with one checkpoint, usable by generate/chat/eval/quantize/export. The model keeps "
+                         "its own tokenizer, chat template and stop ids.")
     ih.add_argument("src", metavar="HF_DIR")
     ih.add_argument("out", metavar="OUT_RUN")
     ih.add_argument("--force", action="store_true", help="replace OUT_RUN if it is not empty")

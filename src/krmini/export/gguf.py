@@ -127,6 +127,14 @@ def _encode(gguf, tensor: torch.Tensor, kind: str) -> tuple[np.ndarray, object]:
 
 
 def export_gguf(loaded: LoadedModel, out: Path, kind: str = "f16", force: bool = False, name: str = "krmini") -> Path:
+    """Our own models only: an imported open model's tokenizer and its extra switches are not written here
+    (llama.cpp has its own converter for those families)."""
+    c = loaded.model.config
+    extras = [f for f in ("qkv_bias", "qk_norm") if getattr(c, f)] + (["rope_scaling"] if c.rope_scaling else [])
+    if extras or loaded.tokenizer.foreign is not None:
+        what = ", ".join(extras) if extras else "a foreign tokenizer"
+        raise KrminiError(f"{loaded.path}: an imported open model ({what}); GGUF export covers krmini's own "
+                          "models only (llama.cpp's convert_hf_to_gguf.py converts the original checkpoint)")
     return write_gguf(loaded.model, spm_vocab(loaded.tokenizer, loaded.model.config.vocab_size), out, kind, force,
                       name, inputs=[run_dir(loaded.path)])
 

@@ -10,7 +10,8 @@ so a row computes what it would alone. Everything per step is preallocated or a 
 mask, positions); what remains per token is the model's own activations and the logits.
 
 The CLI, the chat REPL and the server all use this one engine: `Engine.stream` for a single
-streamed prompt, `Engine.stream_batch` / `Engine.generate_batch` for concurrent requests. It is the
+streamed prompt, `Engine.stream_batch` / `Engine.generate_batch` for concurrent requests, and
+`Engine.embed` for texts as vectors (the server's /v1/embeddings). It is the
 plain path and depends only on the model, sampling and text streaming; the speed layers
 (`krmini.infer.fast`: fused layers, our kernels, int8, the compiled step) plug in from outside, as a
 rebuilt model and an optional `Decoder` (`krmini.infer.build.build_engine` does both).
@@ -284,11 +285,9 @@ class Engine:
         door goes through; it raises `KrminiError` with a one-line reason."""
         cfg.validate()
         if isinstance(prompt, str):
-            ids = self.tokenizer.encode(prompt)
-            if not ids:
+            if not self.tokenizer.encode(prompt):
                 raise KrminiError("prompt: empty; give at least one character of text")
-            if self.add_bos:
-                ids = [self.tokenizer.bos_id, *ids]
+            ids = self.tokenizer.encode_prompt(prompt) if self.add_bos else self.tokenizer.encode(prompt)
         else:
             ids = list(prompt)
             vocab = self.model.config.vocab_size
@@ -313,7 +312,7 @@ class Engine:
         batch = DecodeBatch(self.model, [ids for ids, _ in requests], [c for _, c in requests], self.stop_ids,
                             self.decoder)
         rows = [(r, s) for r, (_, c) in enumerate(requests) for s in range(c.n)]
-        texts = [TextStream(self.tokenizer) for _ in rows]
+        texts = [TextStream(self.tokenizer, requests[r][0][-1:]) for r, _ in rows]
         stops = [StopStrings(requests[r][1].stop) for r, _ in rows]
         while batch.running:
             if cancelled is not None:
@@ -369,9 +368,52 @@ class Engine:
     def generate(self, prompt: Prompt, cfg: SamplingConfig) -> str:
         return "".join(self.stream(prompt, cfg))
 
+    @torch.inference_mode()
+    def embed(self, ids_batch: list[list[int]], batch_size: int = 16) -> torch.Tensor:
+        """Each token-id sequence as one vector: the final hidden states (after the final norm) averaged
+        over its tokens, L2-normalised; (len(ids_batch), hidden_size) float32 on the CPU.
+
+        The plain path, no cache: sequences of similar length share a forward pass, right-padded (with
+        causal attention a token never sees the pads after it, so a row computes what it would alone)."""
+        vocab, model = self.model.config.vocab_size, self.model
+        for i, ids in enumerate(ids_batch):
+            if not 0 < len(ids) <= self.context:
+                raise KrminiError(f"input.{i}: expected 1 to {self.context} tokens (the context), got {len(ids)}")
+            bad = next((t for t in ids if type(t) is not int or not 0 <= t < vocab), None)
+            if bad is not None:
+                raise KrminiError(f"input.{i}: token ids are integers 0…{vocab - 1} (this model's vocabulary); "
+                                  f"got {bad!r}")
+        device = model.model.norm.weight.device
+        out = torch.empty(len(ids_batch), model.config.hidden_size)
+        order = sorted(range(len(ids_batch)), key=lambda i: len(ids_batch[i]))
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            lengths = torch.tensor([len(ids_batch[i]) for i in rows], device=device)
+            tokens = torch.zeros(len(rows), int(lengths.max()), dtype=torch.long, device=device)
+            for j, i in enumerate(rows):
+                tokens[j, :len(ids_batch[i])] = torch.tensor(ids_batch[i], device=device)
+            real = (torch.arange(tokens.size(1), device=device)[None, :] < lengths[:, None]).float()
+            hidden = final_hidden(model, tokens).float()
+            pooled = (hidden * real[..., None]).sum(1) / lengths[:, None]
+            out[rows] = torch.nn.functional.normalize(pooled, dim=-1).cpu()
+        return out
+
+
+def final_hidden(model: LlamaModel, tokens: torch.Tensor) -> torch.Tensor:
+    """(B, T, hidden): the decoder's output after its final norm, before the LM head (positions from 0)."""
+    positions = torch.arange(tokens.size(1), device=tokens.device)[None, :]
+    cos, sin = model.rope_cos[positions], model.rope_sin[positions]
+    x = model.model.embed_tokens(tokens)
+    for i, layer in enumerate(model.model.layers):
+        x = layer(x, cos, sin, None, i, None)
+    return model.model.norm(x)
+
 
 def default_stop_ids(tokenizer: KoTokenizer) -> set[int]:
-    """EOS, the end of a chat turn (where the tokenizer has one) and BOS: a document boundary."""
+    """EOS, the end of a chat turn (where the tokenizer has one) and BOS: a document boundary. An
+    imported model stops where its generation config says, as it does in transformers."""
+    if tokenizer.foreign is not None:
+        return set(tokenizer.stop_ids)
     ids = {tokenizer.eos_id, tokenizer.bos_id}
     with contextlib.suppress(KrminiError):
         ids.add(tokenizer.token_id("<|end|>"))

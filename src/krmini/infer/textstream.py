@@ -11,23 +11,35 @@ class TextStream:
     A Hangul syllable is 3 UTF-8 bytes; with byte fallback a rare one arrives as three byte tokens.
     Decoding them one by one would print U+FFFD, so pending ids are kept until they decode cleanly.
     Special tokens (`<|bos|>`, role tokens, …) are markup, never text: they decode to nothing.
+
+    Pieces are decoded after the previous piece and cut off its text: a SentencePiece-style decoder
+    (Mistral's) strips the leading space of whatever it decodes, so "▁word" alone would lose the
+    space between words. `context` (the prompt's last token) plays that part for the first piece.
+    Our own decoder gives the same text either way.
     """
 
-    def __init__(self, tokenizer: KoTokenizer) -> None:
+    def __init__(self, tokenizer: KoTokenizer, context: list[int] | tuple[int, ...] = ()) -> None:
         self.tokenizer = tokenizer
         self.pending: list[int] = []
+        self.previous: list[int] = list(context)  # the ids of the last piece returned
+
+    def _decode(self) -> str:
+        decode = self.tokenizer.decode
+        before = decode(self.previous, skip_special_tokens=True) if self.previous else ""
+        text = decode(self.previous + self.pending, skip_special_tokens=True)
+        return text[len(before):] if text.startswith(before) else decode(self.pending, skip_special_tokens=True)
 
     def push(self, token_id: int) -> str:
         self.pending.append(token_id)
-        text = self.tokenizer.decode(self.pending, skip_special_tokens=True)
+        text = self._decode()
         if text.endswith("\ufffd") and len(self.pending) < 4:
             return ""
-        self.pending = []
+        self.previous, self.pending = self.pending, []
         return text
 
     def flush(self) -> str:
-        text = self.tokenizer.decode(self.pending, skip_special_tokens=True) if self.pending else ""
-        self.pending = []
+        text = self._decode() if self.pending else ""
+        self.previous, self.pending = self.pending, []
         return text
 
 

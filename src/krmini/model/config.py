@@ -1,10 +1,38 @@
-"""Model hyper-parameters, named as in Hugging Face's `LlamaConfig` so export is a plain save."""
+"""Model hyper-parameters, named as in Hugging Face's `LlamaConfig` so export is a plain save.
+
+Our own presets use only the first block. The rest exists for open models imported from Hugging Face
+(`krmini import hf`): each is off by default and says which family needs it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from krmini.errors import KrminiError
+
+ROPE_TYPES = ("llama3",)
+
+
+@dataclass
+class RopeScaling:
+    """Llama 3.x's long-context RoPE: frequencies whose wavelength exceeds the original context are
+    divided by `factor`, short ones kept, the band between blended (see `krmini.model.llama.rope_cache`)."""
+
+    rope_type: str = "llama3"
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+    def validate(self, where: str = "model.rope_scaling") -> None:
+        if self.rope_type not in ROPE_TYPES:
+            raise KrminiError(f"{where}.rope_type: {self.rope_type!r} is not supported (supported: "
+                              f"{', '.join(ROPE_TYPES)})")
+        if not self.factor > 0 or self.original_max_position_embeddings <= 0:
+            raise KrminiError(f"{where}: factor and original_max_position_embeddings must be positive")
+        if not 0 < self.low_freq_factor < self.high_freq_factor:
+            raise KrminiError(f"{where}: expected 0 < low_freq_factor < high_freq_factor, got "
+                              f"{self.low_freq_factor} and {self.high_freq_factor}")
 
 
 @dataclass
@@ -20,17 +48,24 @@ class ModelConfig:
     rms_norm_eps: float = 1e-5
     tie_word_embeddings: bool = False
     initializer_range: float = 0.02
+    # --- for imported open models ---
+    head_dim: int | None = None  # None: hidden_size / num_attention_heads (Qwen3 sets its own)
+    qkv_bias: bool = False  # biases on the q, k and v projections (Qwen2, Qwen2.5)
+    qk_norm: bool = False  # RMSNorm over each head of q and k before RoPE (Qwen3)
+    rope_scaling: RopeScaling | None = None  # Llama 3.1 and later
 
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
+    def __post_init__(self) -> None:
+        # Filled in once, so that every reader sees one number (and state.json records it).
+        # Left None when the division is not exact: `validate` reports that.
+        if self.head_dim is None and self.num_attention_heads > 0 and self.hidden_size % self.num_attention_heads == 0:
+            self.head_dim = self.hidden_size // self.num_attention_heads
 
     def validate(self, where: str = "model") -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                      "num_attention_heads", "num_key_value_heads", "max_position_embeddings"):
             if getattr(self, name) <= 0:
                 raise KrminiError(f"{where}.{name}: expected a positive integer, got {getattr(self, name)}")
-        if self.hidden_size % self.num_attention_heads:
+        if self.head_dim is None:
             raise KrminiError(
                 f"{where}.hidden_size: {self.hidden_size} is not divisible by "
                 f"num_attention_heads={self.num_attention_heads}"
@@ -40,5 +75,7 @@ class ModelConfig:
                 f"{where}.num_key_value_heads: {self.num_key_value_heads} must divide "
                 f"num_attention_heads={self.num_attention_heads}"
             )
-        if self.head_dim % 2:
-            raise KrminiError(f"{where}: head_dim {self.head_dim} must be even for RoPE")
+        if self.head_dim <= 0 or self.head_dim % 2:
+            raise KrminiError(f"{where}.head_dim: {self.head_dim} must be a positive even number for RoPE")
+        if self.rope_scaling is not None:
+            self.rope_scaling.validate(f"{where}.rope_scaling")

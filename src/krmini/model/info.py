@@ -13,10 +13,10 @@ from krmini.model.config import ModelConfig
 
 
 def count_parameters(c: ModelConfig) -> dict[str, int]:
-    kv = c.num_key_value_heads * c.head_dim
-    attn = 2 * c.hidden_size * c.hidden_size + 2 * c.hidden_size * kv
+    q, kv = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+    attn = 2 * c.hidden_size * q + 2 * c.hidden_size * kv + (q + 2 * kv) * c.qkv_bias
     mlp = 3 * c.hidden_size * c.intermediate_size
-    norms = 2 * c.hidden_size
+    norms = 2 * c.hidden_size + 2 * c.head_dim * c.qk_norm
     embed = c.vocab_size * c.hidden_size
     head = 0 if c.tie_word_embeddings else embed
     layers = c.num_hidden_layers * (attn + mlp + norms)

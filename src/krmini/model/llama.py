@@ -6,6 +6,10 @@ Attention is causal, grouped-query (several query heads share one key/value head
 KV cache) and position-aware through rotary embeddings (RoPE). The MLP is SwiGLU. Parameter names
 mirror Hugging Face's `LlamaForCausalLM` (`model.layers.0.self_attn.q_proj.weight`, …), so the
 state dict exports without renaming.
+
+The open models `krmini import hf` reads are this same decoder with at most three changes, each a
+config switch (off for our own models): q/k/v biases (Qwen2), an RMSNorm over each head of q and k
+(Qwen3, which also sets its own head_dim), and Llama 3's rescaled RoPE frequencies.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from krmini.model.config import ModelConfig
+from krmini.model.config import ModelConfig, RopeScaling
 
 
 class RMSNorm(nn.Module):
@@ -36,10 +40,29 @@ class RMSNorm(nn.Module):
         return self.weight * x32.to(x.dtype)
 
 
+def llama3_frequencies(inv_freq: torch.Tensor, s: RopeScaling) -> torch.Tensor:
+    """Llama 3.1's long-context RoPE: stretch the slow rotations, keep the fast ones.
+
+    A frequency whose wavelength (2π / freq positions) is longer than the original training context
+    never completed a turn in training, so it is divided by `factor` (positions up to factor × the
+    original context then look familiar). Wavelengths shorter than context / high_freq_factor encode
+    local order and stay. Between the two the frequency is blended linearly in context / wavelength.
+    """
+    old = s.original_max_position_embeddings
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old / s.low_freq_factor, inv_freq / s.factor, inv_freq)
+    smooth = (old / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
+    blended = (1 - smooth) * scaled / s.factor + smooth * scaled
+    medium = (wavelen >= old / s.high_freq_factor) & (wavelen <= old / s.low_freq_factor)
+    return torch.where(medium, blended, scaled)
+
+
 def rope_cache(config: ModelConfig, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables of shape (max_positions, head_dim) in Hugging Face's half-split layout."""
     dim = config.head_dim
     inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim))
+    if config.rope_scaling is not None:
+        inv_freq = llama3_frequencies(inv_freq, config.rope_scaling)
     t = torch.arange(config.max_position_embeddings, dtype=torch.float32, device=device)
     freqs = torch.outer(t, inv_freq)
     emb = torch.cat((freqs, freqs), dim=-1)
@@ -116,18 +139,31 @@ class Attention(nn.Module):
         self.n_heads = config.num_attention_heads
         self.n_kv = config.num_key_value_heads
         self.head_dim = config.head_dim
-        self.q_proj = nn.Linear(config.hidden_size, self.n_heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(config.hidden_size, self.n_kv * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(config.hidden_size, self.n_kv * self.head_dim, bias=False)
+        bias = config.qkv_bias
+        self.q_proj = nn.Linear(config.hidden_size, self.n_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(config.hidden_size, self.n_kv * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(config.hidden_size, self.n_kv * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=False)
+        if config.qk_norm:
+            # Qwen3: normalising each head bounds the attention scores q·k, which steadies training.
+            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def rotate(self, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """q (B, T, heads, head_dim), k (B, T, kv_heads, head_dim) → per-head norm (if any), RoPE, (B, heads, T, D)."""
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return apply_rope(q.transpose(1, 2), cos, sin), apply_rope(k.transpose(1, 2), cos, sin)
 
     def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """q, k, v as (B, heads, T, head_dim), with RoPE applied to q and k."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim)
         v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+        return *self.rotate(q, k, cos, sin), v
 
     def forward(self, x, cos, sin, cache: KVCache | None, layer: int, mask: torch.Tensor | None):
         B, T, _ = x.shape
@@ -208,6 +244,8 @@ class LlamaModel(nn.Module):
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=self.config.initializer_range)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -5,8 +5,12 @@
     GET  /v1/models             the one served model
     POST /v1/chat/completions   messages → reply, rendered with the chat template
     POST /v1/completions        plain text continuation
+    POST /v1/embeddings         texts (or token ids) → unit vectors: the model's mean-pooled final hidden states
     POST /tokenize              a conversation's prompt token count and the context (as vLLM's)
     GET  /openapi.json          the OpenAPI document of all of these (`krmini.serve.schema`)
+
+Layers above this one add their own operations as `Extension`s (the memo assistant's /v1/memo/…,
+passed in by the top-level CLI): they answer through the same worker, `check` and `respond`.
 
 `stream: true` answers with server-sent events (`data: {chunk}` … `data: [DONE]`). Every error is
 OpenAI's JSON shape `{"error": {"message", "type", "param", "code"}}`: 400 for a request the schema
@@ -17,12 +21,15 @@ rejects (never FastAPI's 422), 401 without the API key (on /v1/ and /openapi.jso
 from __future__ import annotations
 
 import asyncio
+import base64
 import html
 import json
 import math
 import secrets
 import time
 import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib import resources
 
 from fastapi import FastAPI, Request
@@ -40,6 +47,7 @@ from krmini.infer.sampling import SamplingConfig
 from krmini.serve import schema
 from krmini.serve.schema import ChatRequest, CompletionRequest, Message, Sampling, TokenizeRequest
 from krmini.serve.worker import Done, Job, Worker, log
+from krmini.tokenizer import KoTokenizer
 
 
 class APIError(Exception):
@@ -114,7 +122,7 @@ def expected(error: dict) -> str:
     return error["msg"]
 
 
-def invalid_body(exc: RequestValidationError) -> tuple[str, str | None]:
+def invalid_body(exc: RequestValidationError, fields: frozenset = schema.FIELDS) -> tuple[str, str | None]:
     """(message, param) for a request FastAPI could not read or validate. Of a union's failures the one
     that got past the type (`stop: [5 strings]` is too long, not "not a string") says what is wrong."""
     errors = exc.errors()
@@ -127,7 +135,7 @@ def invalid_body(exc: RequestValidationError) -> tuple[str, str | None]:
         reason = first.get("ctx", {}).get("error", "")
         return f"request body: not valid JSON: {reason} (line {line}, column {column})", None
     # loc is ("body", field, index, ...) with pydantic's union member tags ("str", "list[...]") between
-    param = ".".join(str(p) for p in first["loc"][1:] if isinstance(p, int) or p in schema.FIELDS) or None
+    param = ".".join(str(p) for p in first["loc"][1:] if isinstance(p, int) or p in fields) or None
     if param:
         return f"{param}: {expected(first)}", param
     if first["type"] in ("missing", "model_type", "model_attributes_type", "dict_type"):
@@ -135,18 +143,48 @@ def invalid_body(exc: RequestValidationError) -> tuple[str, str | None]:
     return f"request body: {first['msg']}", None
 
 
-def create_app(worker: Worker, model_name: str, api_key: str | None = None, default_max_tokens: int = 256) -> FastAPI:
+@dataclass(frozen=True)
+class Served:
+    """What an extension's handlers answer with: the served model and the generating path of
+    /v1/chat/completions (`check` a request's prompts, `respond` with the worker's reply)."""
+
+    model_name: str
+    tokenizer: KoTokenizer
+    context: int
+    default_max_tokens: int
+    check: Callable
+    respond: Callable
+
+
+@dataclass(frozen=True)
+class Extension:
+    """Operations a layer above adds: `add(app, served)` adds its routes (under /v1/, so the API key
+    covers them); its request and answer models join the OpenAPI document and the field names an
+    error's `param` may take; the web page is told `feature`."""
+
+    feature: str
+    add: Callable[[FastAPI, Served], None]
+    requests: tuple = ()
+    answers: tuple = ()
+
+
+def create_app(worker: Worker, model_name: str, api_key: str | None = None, default_max_tokens: int = 256,
+               extensions: Sequence[Extension] = ()) -> FastAPI:
     app = FastAPI(title="krmini", version=__version__, docs_url=None, redoc_url=None, openapi_url="/openapi.json",
                   description="An OpenAI-compatible API for one krmini chat model.")
     engine = worker.engine
     tokenizer, context = engine.tokenizer, engine.context
     created = int(time.time())
     page = resources.files("krmini.serve").joinpath("index.html").read_text(encoding="utf-8")
+    requests = tuple(m for e in extensions for m in e.requests)
+    fields = schema.FIELDS | {name for m in requests for name in m.model_fields}
 
     def openapi() -> dict:
         if app.openapi_schema is None:
             spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            app.openapi_schema = schema.describe(spec, model_name, keyed=bool(api_key))
+            app.openapi_schema = schema.describe(spec, model_name, keyed=bool(api_key), requests=requests,
+                                                 answers=tuple(m for e in extensions for m in e.answers),
+                                                 vocab=engine.model.config.vocab_size)
         return app.openapi_schema
 
     app.openapi = openapi
@@ -160,7 +198,7 @@ def create_app(worker: Worker, model_name: str, api_key: str | None = None, defa
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError):
-        message, param = invalid_body(exc)
+        message, param = invalid_body(exc, fields)
         return JSONResponse(error_body(message, "invalid_request_error", param), status_code=400)
 
     @app.exception_handler(HTTPException)
@@ -186,7 +224,8 @@ def create_app(worker: Worker, model_name: str, api_key: str | None = None, defa
         return HTMLResponse(page.replace("__MODEL__", html.escape(model_name))
                             .replace("__KEY_REQUIRED__", "true" if api_key else "false")
                             .replace("__CONTEXT__", str(context))
-                            .replace("__BUDGET__", str(prompt_budget(context, default_max_tokens))))
+                            .replace("__BUDGET__", str(prompt_budget(context, default_max_tokens)))
+                            .replace("__FEATURES__", json.dumps([e.feature for e in extensions])))
 
     @app.get("/health", responses={200: {"description": "the server is up", "model": schema.Health}})
     async def health():
@@ -207,12 +246,15 @@ def create_app(worker: Worker, model_name: str, api_key: str | None = None, defa
         ids = conversation(req.messages)
         return {"count": len(ids), "max_model_len": context, "tokens": ids}
 
+    def known_model(model: str | None) -> None:
+        if model not in (None, model_name):
+            raise APIError(404, f"model {model!r} does not exist; this server serves {model_name!r}",
+                           param="model", code="model_not_found")
+
     def check(req: Sampling, prompts: list[list[int]], max_tokens: int | None) -> list[tuple[list[int], SamplingConfig]]:
         """Each prompt with its sampling settings (its `n` choices share one prefill), checked once
         through `Engine.prepare`: a bad request fails here, alone, before it joins a batch."""
-        if req.model not in (None, model_name):
-            raise APIError(404, f"model {req.model!r} does not exist; this server serves {model_name!r}",
-                           param="model", code="model_not_found")
+        known_model(req.model)
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         sampling = SamplingConfig(max_new_tokens=max_tokens or default_max_tokens, temperature=req.temperature,
                                   top_k=0, top_p=req.top_p, seed=req.seed, n=req.n, stop=tuple(stops))
@@ -238,7 +280,10 @@ def create_app(worker: Worker, model_name: str, api_key: str | None = None, defa
         return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
                 "total_tokens": prompt_tokens + completion}
 
-    async def respond(req: Sampling, prompts: list[list[int]], max_tokens: int | None, chat: bool):
+    async def respond(req: Sampling, prompts: list[list[int]], max_tokens: int | None, chat: bool,
+                      extra: Callable[[list[str]], dict] | None = None):
+        """The reply; `extra` maps the choices' texts to more top-level fields (an extension's), which
+        a stream sends as one more event before `[DONE]`."""
         requests = check(req, prompts, max_tokens)
         choices_n = len(requests) * req.n
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
@@ -263,14 +308,14 @@ def create_app(worker: Worker, model_name: str, api_key: str | None = None, defa
                         else {"index": i, "text": t, "logprobs": None}) | {"finish_reason": d.finish_reason}
                        for i, (t, d) in enumerate(zip(texts, dones, strict=True))]
             return {**head, "object": "chat.completion" if chat else "text_completion", "choices": choices,
-                    "usage": usage(prompts, req.n, dones)}
+                    "usage": usage(prompts, req.n, dones), **(extra(texts) if extra else {})}
 
         kind = "chat.completion.chunk" if chat else "text_completion"
         include_usage = req.stream_options is not None and req.stream_options.include_usage
         events = submission.events()
 
         async def sse():
-            dones = []
+            dones, texts = [], [""] * choices_n
             if chat:
                 for i in range(choices_n):
                     first = {"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
@@ -281,6 +326,7 @@ def create_app(worker: Worker, model_name: str, api_key: str | None = None, defa
                         dones.append(event)
                         chunk = piece(index, None, event.finish_reason)
                     else:
+                        texts[index] += event
                         chunk = piece(index, event, None)
                     yield f"data: {json.dumps({**head, 'object': kind, 'choices': [chunk]}, ensure_ascii=False)}\n\n"
             except APIError as exc:
@@ -289,6 +335,8 @@ def create_app(worker: Worker, model_name: str, api_key: str | None = None, defa
                 submission.cancel()  # at once, without awaiting: this may run inside a cancelled scope
             if include_usage:
                 yield f"data: {json.dumps({**head, 'object': kind, 'choices': [], 'usage': usage(prompts, req.n, dones)})}\n\n"
+            if extra:
+                yield f"data: {json.dumps({**head, **extra(texts)}, ensure_ascii=False)}\n\n"
             yield "data: [DONE]\n\n"
 
         # When the client leaves, Starlette cancels the response and runs its background task; the
@@ -304,7 +352,34 @@ def create_app(worker: Worker, model_name: str, api_key: str | None = None, defa
     @app.post("/v1/completions", responses=schema.answers(schema.Completion, schema.CompletionChunk))
     async def completions(req: CompletionRequest):
         texts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
-        prompts = [[tokenizer.bos_id, *tokenizer.encode(t)] for t in texts]
+        prompts = [tokenizer.encode_prompt(t) for t in texts]
         return await respond(req, prompts, req.max_tokens, chat=False)
 
+    @app.post("/v1/embeddings", responses={
+        200: {"description": "one unit vector per input, in order", "model": schema.EmbeddingList},
+        400: schema.error("invalid request: the field at fault is `error.param`"),
+        404: schema.error("`model` is not the served model (code `model_not_found`)")})
+    async def embeddings(req: schema.EmbeddingRequest):
+        """Mean-pooled final hidden states (after the final norm), L2-normalised (`Engine.embed`). A text
+        is tokenised as a completion prompt is (ours: BOS first); an input longer than the context is cut
+        to its first context tokens."""
+        known_model(req.model)
+        one = isinstance(req.input, str) or isinstance(req.input[0], int)
+        inputs = [req.input] if one else req.input
+        ids = [(tokenizer.encode_prompt(x) if isinstance(x, str) else list(x))[:context] for x in inputs]
+        try:
+            rows = await asyncio.to_thread(worker.embed, ids)  # between the worker's batches
+        except KrminiError as exc:  # a token id outside the vocabulary
+            raise APIError(400, str(exc), param="input") from None
+        if req.encoding_format == "base64":
+            vectors = [base64.b64encode(row.numpy().astype("<f4").tobytes()).decode() for row in rows]
+        else:
+            vectors = rows.tolist()
+        tokens = sum(map(len, ids))
+        return {"object": "list", "model": model_name, "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]}
+
+    served = Served(model_name, tokenizer, context, default_max_tokens, check, respond)
+    for extension in extensions:
+        extension.add(app, served)
     return app

@@ -20,6 +20,7 @@ from krmini.infer.sampling import SEED_LIMIT
 
 MAX_N = 8  # choices per request, and prompts per completion request
 MAX_STOPS = 4
+MAX_INPUTS = 64  # texts (or token-id lists) per embeddings request
 REF = "#/components/schemas/{model}"
 
 NonEmpty = Annotated[str, Field(min_length=1)]
@@ -33,6 +34,7 @@ def whole(value: object) -> object:
 Tokens = Annotated[int, Field(ge=1), BeforeValidator(whole)]
 Choices = Annotated[int, Field(ge=1, le=MAX_N), BeforeValidator(whole)]
 Seed = Annotated[int, Field(ge=0, le=SEED_LIMIT - 1), BeforeValidator(whole)]
+TokenIds = Annotated[list[Annotated[int, Field(ge=0), BeforeValidator(whole)]], Field(min_length=1)]  # < vocab: describe
 
 
 class Request(BaseModel):
@@ -96,8 +98,23 @@ class TokenizeRequest(Request):
     messages: list[Message] = Field(min_length=1, description="counted as /v1/chat/completions renders them")
 
 
+class EmbeddingRequest(Request):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"input": "대한민국의 수도는 서울이다."},
+        {"input": ["첫째 문단", "둘째 문단"], "encoding_format": "base64"},
+    ]})
+    input: (NonEmpty | Annotated[list[NonEmpty], Field(min_length=1, max_length=MAX_INPUTS)] | TokenIds
+            | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_INPUTS)]) = Field(
+        description=f"a text, up to {MAX_INPUTS} texts, or token ids (one list, or up to {MAX_INPUTS}); a text is "
+                    "BOS + its tokens; what is longer than the context is cut to its first context tokens")
+    model: str | None = Field(None, description="the served model's id (GET /v1/models); another is 404")
+    encoding_format: Literal["float", "base64"] = Field(
+        "float", description="base64: each embedding as the base64 of its little-endian float32 bytes")
+
+
 # The names an error's `param` is made of (pydantic's locations also hold union member tags)
-FIELDS = frozenset(name for m in (ChatRequest, CompletionRequest, TokenizeRequest, Message, ContentPart, StreamOptions)
+FIELDS = frozenset(name for m in (ChatRequest, CompletionRequest, TokenizeRequest, EmbeddingRequest, Message,
+                                  ContentPart, StreamOptions)
                    for name in m.model_fields)
 
 
@@ -220,8 +237,28 @@ class CompletionChunk(Chunk):
     choices: list[CompletionChunkChoice]
 
 
-REQUESTS = (ChatRequest, CompletionRequest, TokenizeRequest)
-ANSWERS = (ErrorResponse, Health, Tokenized, ModelList, ChatCompletion, ChatCompletionChunk, Completion, CompletionChunk)
+class Embedding(BaseModel):
+    object: Literal["embedding"]
+    index: int = Field(ge=0, description="the input's position")
+    embedding: list[float] | str = Field(description="mean of the final hidden states (after the final norm), "
+                                         "unit length; with encoding_format base64, its float32 bytes in base64")
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int = Field(ge=1)
+    total_tokens: int = Field(ge=1)
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"]
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+
+
+REQUESTS = (ChatRequest, CompletionRequest, TokenizeRequest, EmbeddingRequest)
+ANSWERS = (ErrorResponse, Health, Tokenized, ModelList, ChatCompletion, ChatCompletionChunk, Completion, CompletionChunk,
+           EmbeddingList)
 
 
 def ref(model: type[BaseModel]) -> dict:
@@ -250,7 +287,8 @@ def answers(reply: type[BaseModel], chunk: type[BaseModel]) -> dict:
     }
 
 
-def describe(spec: dict, model_name: str, keyed: bool) -> dict:
+def describe(spec: dict, model_name: str, keyed: bool, requests: tuple = (), answers: tuple = (),
+             vocab: int | None = None) -> dict:
     """FastAPI's generated document, made true for this server (see the module's docstring)."""
     components = spec.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
@@ -258,10 +296,14 @@ def describe(spec: dict, model_name: str, keyed: bool) -> dict:
         schemas.pop(name, None)
     # pydantic's own schemas: FastAPI's copies went through a model that made every bound a float
     # (the largest seed, 2^64 - 1, became 2^64)
-    models = [(m, "validation") for m in REQUESTS] + [(m, "serialization") for m in ANSWERS]
+    models = [(m, "validation") for m in (*REQUESTS, *requests)] + [(m, "serialization") for m in (*ANSWERS, *answers)]
     schemas.update(models_json_schema(models, ref_template=REF)[1]["$defs"])
-    for name in ("ChatRequest", "CompletionRequest"):
+    for name in ("ChatRequest", "CompletionRequest", "EmbeddingRequest"):
         schemas[name]["properties"]["model"]["anyOf"][0] = {"type": "string", "enum": [model_name]}
+    if vocab is not None:  # token ids are below the served model's vocabulary size
+        ids, many = schemas["EmbeddingRequest"]["properties"]["input"]["anyOf"][2:]
+        for item in (ids["items"], many["items"]["items"]):
+            item["maximum"] = vocab - 1
     if keyed:
         components["securitySchemes"] = {"apiKey": {"type": "http", "scheme": "bearer",
                                                     "description": "the server's --api-key"}}

@@ -8,6 +8,9 @@ event goes back through the job's callback as (choice index, text piece or `Done
 arrives mid-batch waits for the next batch. One owner means no two requests ever touch the model or
 its KV cache at once.
 
+Embeddings (`embed`) run in the caller's thread under the same lock as the worker's batches, so the
+model still has one user at a time.
+
 Jobs in a batch do not share their fate: a job whose client left (`cancelled`) stops being decoded
 at the next step, and a job that fails inside the engine ends alone with an internal error while the
 others finish normally. Only a failure of the shared forward pass fails the whole batch.
@@ -49,11 +52,17 @@ class Worker:
         self.max_batch = max_batch
         self.queue: queue.Queue[Job | None] = queue.Queue()
         self.running = 0  # jobs in the batch being decoded now (/health reports it)
+        self.lock = threading.Lock()  # held by a batch or an embedding: one user of the model at a time
         self.thread = threading.Thread(target=self._serve, name="krmini-worker", daemon=True)
         self.thread.start()
 
     def submit(self, job: Job) -> None:
         self.queue.put(job)
+
+    def embed(self, ids_batch: list[list[int]]):
+        """`Engine.embed`, between batches (it blocks: call it from a thread of its own)."""
+        with self.lock:
+            return self.engine.embed(ids_batch)
 
     def close(self) -> None:
         self.queue.put(None)
@@ -79,7 +88,8 @@ class Worker:
             jobs = [j for j in jobs if not j.cancelled.is_set()]
             self.running = len(jobs)
             try:
-                self._run(jobs)
+                with self.lock:
+                    self._run(jobs)
             finally:
                 self.running = 0
 

@@ -7,6 +7,10 @@ words become one token); any character the vocabulary lacks is spelled as its UT
 
 Ids: the special tokens first, then the 256 byte tokens, then the learned merges. The directory it
 saves (`tokenizer.json` + `tokenizer_config.json`) loads in `transformers.AutoTokenizer` as-is.
+
+The same wrapper also runs an open model's own tokenizer (Llama 3, Qwen, Mistral, … imported with
+`krmini import hf`): its tokenizer.json as it is, and its special tokens, chat template and stop ids
+from the files beside it (`krmini.tokenizer.foreign`). `foreign` is None for our own.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 
 from krmini.argtypes import integer
 from krmini.errors import KrminiError
+from krmini.tokenizer.foreign import ForeignFiles, read_foreign, resolve_tokens
 
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
 CHAT_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
@@ -54,9 +59,18 @@ def _pipeline(tok: Tokenizer) -> Tokenizer:
 
 
 class KoTokenizer:
-    def __init__(self, tok: Tokenizer) -> None:
-        self.tok = tok
-        self.pad_id, self.bos_id, self.eos_id = (self.token_id(t) for t in (PAD, BOS, EOS))
+    def __init__(self, tok: Tokenizer, foreign: ForeignFiles | None = None, where: Path = Path(".")) -> None:
+        self.tok, self.foreign = tok, foreign
+        if foreign is None:
+            self.pad_id, self.bos_id, self.eos_id = (self.token_id(t) for t in (PAD, BOS, EOS))
+            self.stop_ids = frozenset({self.eos_id})
+            self.chat_template: str | None = None  # ours is `krmini.chat.template.render`
+            self.template_tokens = {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD}
+        else:
+            ids = resolve_tokens(tok, foreign, where)
+            self.pad_id, self.bos_id, self.eos_id = ids.pad_id, ids.bos_id, ids.eos_id
+            self.stop_ids, self.template_tokens = ids.stop_ids, ids.template_tokens
+            self.chat_template = foreign.chat_template
 
     # ---- training -------------------------------------------------------------------------------
     @classmethod
@@ -91,9 +105,13 @@ class KoTokenizer:
 
     # ---- persistence ----------------------------------------------------------------------------
     def save(self, out_dir: str | Path, model_max_length: int = 2048) -> Path:
+        """tokenizer.json and tokenizer_config.json (a foreign tokenizer's files as they were)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.tok.save(str(out / TOKENIZER_FILE))
+        if self.foreign is not None:
+            self.foreign.save(out)
+            return out
         config = {
             "tokenizer_class": "PreTrainedTokenizerFast",
             "bos_token": BOS,
@@ -112,14 +130,19 @@ class KoTokenizer:
 
     @classmethod
     def load(cls, path: str | Path) -> KoTokenizer:
+        """Ours if the vocabulary has our special tokens; otherwise a foreign one, described by the
+        tokenizer_config.json (and generation_config.json) beside the file."""
         path = Path(path)
         file = path / TOKENIZER_FILE if path.is_dir() else path
         if not file.is_file():
             raise KrminiError(f"{file}: tokenizer not found (expected a directory with {TOKENIZER_FILE})")
         try:
-            return cls(Tokenizer.from_file(str(file)))
+            tok = Tokenizer.from_file(str(file))
         except Exception as exc:  # the Rust library raises its own exception type
             raise KrminiError(f"{file}: not a valid tokenizer file ({exc})") from None
+        if all(tok.token_to_id(t) is not None for t in (PAD, BOS, EOS)):
+            return cls(tok)
+        return cls(tok, read_foreign(file.parent), file.parent)
 
     # ---- use ------------------------------------------------------------------------------------
     @property
@@ -134,6 +157,14 @@ class KoTokenizer:
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False).ids
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """The ids a text prompt starts generation from: ours puts `<|bos|>` first (as training did);
+        a foreign tokenizer adds what its own post-processor adds (Llama 3 and Mistral a BOS, Qwen nothing),
+        as `transformers`' tokenizer(text) does."""
+        if self.foreign is None:
+            return [self.bos_id, *self.encode(text)]
+        return self.tok.encode(text, add_special_tokens=True).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]

@@ -100,20 +100,24 @@ def _test_kill_point(step: int) -> None:
 
 
 def write_checkpoint(ckpt_root: Path, step: int, weights: dict[str, torch.Tensor],
-                     optim: tuple[dict[str, torch.Tensor], dict[str, Any]], state: dict[str, Any], keep: int,
+                     optim: tuple[dict[str, torch.Tensor], dict[str, Any]] | None, state: dict[str, Any], keep: int,
                      tokenizer_dir: Path | None = None) -> Path:
     """Write gathered tensors (from `model_tensors` / `optimizer_tensors`) as `step_<step>`; rank 0 only.
 
-    `tokenizer_dir` is copied inside the staged directory, so a checkpoint never appears without it.
+    `optim` None writes the weights alone (an imported model: nothing to resume). `tokenizer_dir` is
+    copied inside the staged directory, so a checkpoint never appears without it.
     """
     ckpt_root = Path(ckpt_root)
     name = step_name(step)
     with staged_dir(ckpt_root / name, force=True) as tmp:
         save_file(weights, tmp / MODEL_FILE, metadata={"format": "pt"})
         _test_kill_point(step)
-        opt_tensors, opt_meta = optim
-        save_file({**opt_tensors, **rng_tensors()}, tmp / OPTIM_FILE)
-        write_state(tmp, {**state, "step": step, "optimizer": opt_meta}, (MODEL_FILE, OPTIM_FILE))
+        if optim is None:
+            write_state(tmp, {**state, "step": step}, (MODEL_FILE,))
+        else:
+            opt_tensors, opt_meta = optim
+            save_file({**opt_tensors, **rng_tensors()}, tmp / OPTIM_FILE)
+            write_state(tmp, {**state, "step": step, "optimizer": opt_meta}, (MODEL_FILE, OPTIM_FILE))
         if tokenizer_dir is not None:
             shutil.copytree(tokenizer_dir, tmp / TOKENIZER_DIR)
     write_text_atomic(ckpt_root / LATEST, name)
@@ -157,6 +161,15 @@ def load_model_weights(model: torch.nn.Module, ckpt: Path, tensors: dict[str, to
             raise KrminiError(f"{path}: {k} has shape {tuple(v.shape)}, this model config expects "
                               f"{tuple(expected[k].shape)}; the checkpoint is from another config")
     model.load_state_dict(tensors, strict=False)
+
+
+def check_resumable(ckpt: Path, state: dict[str, Any]) -> None:
+    """A checkpoint written with its optimizer state (by training), not weights alone (an imported
+    model, a merged LoRA run), which a new run starts from instead."""
+    if "optimizer" not in state:
+        raise KrminiError(f"{ckpt}: holds weights only (no optimizer state: an imported or merged model), so "
+                          f"it cannot be resumed; start a new run from it (train.init_from={ckpt}, or "
+                          "`krmini sft --base`)")
 
 
 def load_training_state(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,

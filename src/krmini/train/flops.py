@@ -20,7 +20,7 @@ from krmini.model.info import count_parameters
 
 def matmul_parameters(c: ModelConfig) -> int:
     counts = count_parameters(c)
-    norms = c.num_hidden_layers * 2 * c.hidden_size + c.hidden_size
+    norms = c.num_hidden_layers * (2 * c.hidden_size + 2 * c.head_dim * c.qk_norm) + c.hidden_size
     return counts["total"] - counts["embedding"] - norms + c.vocab_size * c.hidden_size * c.tie_word_embeddings
 
 

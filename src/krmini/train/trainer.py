@@ -107,6 +107,7 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, batches: BatchSources |
     start_step, state, path = 0, None, None
     if resume:
         path, state = last_good_checkpoint(ckpt_root)
+        ckpt.check_resumable(path, state)
         if state["model_config"] != asdict(cfg.model):
             raise KrminiError(f"{path}: checkpoint was trained with a different model config; "
                               f"resume with the same config or start a new out_dir")

@@ -56,3 +56,39 @@ def reindex(store: Store, kinds, **kw) -> indexer.Summary:
 
 def top(store: Store, query: str, k: int = 3):
     return Searcher(store).search(query, k).hits
+
+
+@pytest.fixture(scope="session")
+def st_models(tmp_path_factory) -> tuple[Path, Path]:
+    """(embedder, cross-encoder): tiny random BERTs saved as sentence-transformers models, with a WordPiece
+    tokenizer trained here on the notes (nothing downloaded; about a second once the imports are done)."""
+    pytest.importorskip("sentence_transformers", reason="sentence-transformers is in the memo extra")
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizerFast
+    try:
+        from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    except ImportError:  # sentence-transformers 5
+        from sentence_transformers.models import Pooling, Transformer
+
+    out = tmp_path_factory.mktemp("st")
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer, tok.pre_tokenizer = normalizers.NFC(), pre_tokenizers.Whitespace()
+    tok.train_from_iterator(list(NOTES.values()) * 4, trainers.WordPieceTrainer(vocab_size=400, special_tokens=special,
+                                                                                  show_progress=False))
+    fast = BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                             sep_token="[SEP]", mask_token="[MASK]")
+    config = BertConfig(vocab_size=fast.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        BertModel(config).save_pretrained(out / "bert")
+        config.num_labels = 1
+        BertForSequenceClassification(config).save_pretrained(out / "rerank")
+    fast.save_pretrained(out / "bert")
+    fast.save_pretrained(out / "rerank")
+    SentenceTransformer(modules=[Transformer(str(out / "bert"), max_seq_length=128), Pooling(32, "mean")]).save(
+        str(out / "embed"))
+    return out / "embed", out / "rerank"

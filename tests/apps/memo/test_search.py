@@ -137,7 +137,8 @@ def test_cli_index_search_status(notes_dir, tmp_path, capsys):
     assert main(["memo", "status", "--db", str(db)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"{db} (bigram units): 3 indexed, 0 changed, 0 new, 1 deleted, 0 skipped"
-    assert out[2:] == ["  deleted  notes/독서.md"]
+    assert out[2] == "vectors: none (lexical search only; `krmini memo index --embed st:MODEL|openai:URL` adds them)"
+    assert out[3:] == ["  deleted  notes/독서.md"]
 
 
 def test_cli_damaged_index_is_one_line(notes_dir, tmp_path, capsys):

@@ -5,11 +5,15 @@
     units.py    Korean-aware search units: character bigrams (always), Kiwi morphemes (optional)
     store.py    the one SQLite file: files, chunks, terms and postings; checked on open
     indexer.py  incremental indexing by content hash, per-file status, --watch
-    search.py   BM25 per unit kind inside SQLite, score fusion, coverage, citations
+    embed.py    embedders (st: sentence-transformers, openai: /v1/embeddings) and the reranker
+    vectors.py  one vector per chunk in the same file, embedded incrementally; brute-force dense ranking
+    search.py   lexical (BM25 inside SQLite), dense and hybrid search, fusion, coverage, citations
     evaluate.py `krmini memo eval`: recall@k and MRR on a question set
     backends.py a run directory (our engine) or an OpenAI-compatible server: context, count, stream
     ask.py      retrieve → a prompt that fits the model's context → streamed answer with [n] citations;
                 summaries; /memo for the chat REPL
-    cli.py      the `krmini memo …` commands (index, status, search, eval, ask, summarize, chat)
+    server.py   `krmini serve RUN --memo DB`: /v1/memo/search, /v1/memo/chat, /v1/memo/note (server_schema.py:
+                their models; files.py: a cited note read back, never a file outside the indexed folders)
+    cli.py      the `krmini memo …` commands (index, status, search, eval, ask, summarize, chat) and `serve --memo`
     bench.py    `krmini bench memo`
 """

@@ -1,4 +1,5 @@
-"""`krmini memo …`: index notes, see their state, search them, measure retrieval, ask about them."""
+"""`krmini memo …`: index notes, see their state, search them, measure retrieval, ask about them;
+and `krmini serve RUN --memo DB` (`add_serve_args`, `serve_extension`), which the top-level CLI hands in."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
-from krmini.apps.memo import indexer
+from krmini.apps.memo import indexer, vectors
 from krmini.apps.memo.ask import (
     MIN_COVERAGE,
     choose,
@@ -22,9 +23,9 @@ from krmini.apps.memo.ask import (
     summarize,
 )
 from krmini.apps.memo.backends import add_backend_args, open_backend
-from krmini.apps.memo.search import Searcher
+from krmini.apps.memo.embed import Embedder, add_embed_args, open_embedder
+from krmini.apps.memo.search import open_searcher
 from krmini.apps.memo.store import Store, damaged
-from krmini.apps.memo.units import parse_kinds
 from krmini.argtypes import POSITIVE_INT, POSITIVE_NUMBER, SHARE
 from krmini.errors import KrminiError
 from krmini.infer.cli import add_device_args, add_sampling_args, sampling_from_args
@@ -42,6 +43,23 @@ def _guarded(handler):
         except sqlite3.Error as exc:
             raise damaged(Path(args.db), exc) from None
     return run
+
+
+def add_serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--memo", metavar="DB", help="메모 색인도 제공 / also serve this memo index (`krmini memo index`): "
+                   "/v1/memo/search, /v1/memo/chat, /v1/memo/note and a notes mode on the web page")
+
+
+def serve_extension(args):
+    """`krmini serve --memo DB`'s routes, once DB is known to be a memo index (None without --memo)."""
+    if args.memo is None:
+        return None
+    db = Path(args.memo)
+    if db.is_dir():
+        raise KrminiError(f"--memo {db}: is a directory; expected the memo index file (krmini memo index NOTES --db FILE)")
+    from krmini.apps.memo.server import extension
+
+    return extension(db)
 
 
 def _db_arg(p: argparse.ArgumentParser) -> None:
@@ -63,6 +81,11 @@ def register(subparsers) -> None:
     _db_arg(q)
     _units_arg(q, "unit kinds of a new index (default bigram; fixed afterwards)")
     q.add_argument("--rebuild", action="store_true", help="start a new index file (replaces a damaged or foreign one)")
+    add_embed_args(q, index=True)
+    q.add_argument("--reembed", action="store_true", help="with --embed: drop every vector and embed all chunks "
+                                                          "with this (another) model")
+    q.add_argument("--no-embed", action="store_true", help="update the lexical index only (new chunks get vectors "
+                                                           "on a later run)")
     q.add_argument("--max-mb", type=POSITIVE_NUMBER, default=indexer.MAX_MB,
                    help=f"skip files larger than this (default {indexer.MAX_MB:g} MB)")
     q.add_argument("--watch", action="store_true", help="keep the index current while notes change (Ctrl-C stops)")
@@ -82,6 +105,7 @@ def register(subparsers) -> None:
     _db_arg(q)
     q.add_argument("-k", type=POSITIVE_INT, default=5, help="how many chunks (default 5)")
     _units_arg(q, "unit kinds to search with (default: all the index has, fused)")
+    add_embed_args(q)
     q.add_argument("--json", action="store_true", help="one JSON object")
     q.set_defaults(func=_guarded(run_search))
 
@@ -119,6 +143,7 @@ def _grounding_args(q: argparse.ArgumentParser) -> None:
     q.add_argument("--min-coverage", type=SHARE, default=MIN_COVERAGE,
                    help=f"answer only when the best chunk holds this share of the question (default {MIN_COVERAGE})")
     _units_arg(q, "unit kinds to search with (default: all the index has)")
+    add_embed_args(q)
     add_device_args(q)
     add_sampling_args(q)
 
@@ -132,7 +157,7 @@ def _sampling(args) -> SamplingConfig:
 def run_ask(args) -> int:
     sampling = _sampling(args)
     with Store.open(args.db) as store:
-        results = Searcher(store, parse_kinds(args.units) if args.units else None).search(args.question, args.k)
+        results = open_searcher(store, args).search(args.question, args.k)
     hits = choose(results.hits, args.min_coverage)
     if not hits:
         print(f"{results.describe()}; 0 sources")
@@ -184,7 +209,7 @@ def run_chat(args) -> int:
 
     sampling = _sampling(args)
     with Store.open(args.db) as store:
-        searcher = Searcher(store, parse_kinds(args.units) if args.units else None)
+        searcher = open_searcher(store, args)
         command = memo_command(searcher, args.k, args.min_coverage)
         session = ChatSession(chat_engine(args), sampling, system=args.system,
                               commands={"/memo": ("QUESTION 메모를 근거로 답하기 (answer from the notes)", command)})
@@ -205,21 +230,58 @@ def run_index(args) -> int:
         if not indexer.add_roots(store, args.notes):
             raise KrminiError(f"{args.db}: no notes to index; give folders or files: "
                               f"krmini memo index NOTES --db {args.db}")
-        _index_and_watch(args, store, kinds)
+        _index_and_watch(args, store, kinds, _index_embedder(args, store))
     return 0
 
 
-def _index_and_watch(args, store: Store, kinds: tuple[str, ...]) -> None:
+def _index_embedder(args, store: Store) -> Embedder | None:
+    """The embedder this run embeds new chunks with: --embed, else the index's own (reopened), else none."""
+    if args.no_embed:
+        if args.embed or args.reembed:
+            raise KrminiError("--no-embed: not with --embed or --reembed")
+        return None
+    if args.reembed and not args.embed:
+        raise KrminiError("--reembed: name the model to embed with: --embed st:MODEL|openai:URL")
+    identity = vectors.stored_identity(store)
+    if args.embed is None and identity is None:
+        return None
+    spec = args.embed or identity.spec
+    model = args.embed_model or (identity.name if not args.embed and identity.kind == "openai" else None)
+    try:
+        embedder = open_embedder(spec, model, args.embed_api_key)
+    except KrminiError as exc:
+        if args.embed is None:
+            raise KrminiError(f"{exc} (this index embeds its new chunks with {identity}; --no-embed updates "
+                              "the lexical index only)") from None
+        raise
+    vectors.configure(store, embedder, args.reembed)
+    return embedder
+
+
+def _embed(args, store: Store, embedder: Embedder | None) -> None:
+    if embedder is None:
+        return
+    try:
+        done = vectors.embed_missing(store, embedder, progress=not args.quiet)
+    except KrminiError as exc:
+        have, chunks = vectors.counts(store)
+        raise KrminiError(f"{exc}; the lexical index is up to date and {have} of {chunks} chunks have vectors "
+                          "(the next `krmini memo index` embeds the rest)") from None
+    print(f"memo embed → {store.path}: {done.line()}")
+
+
+def _index_and_watch(args, store: Store, kinds: tuple[str, ...], embedder: Embedder | None) -> None:
     log = print if args.verbose else None
     summary = indexer.index(store, kinds, args.max_mb, progress=not args.quiet, log=log)
     _report(summary, store, kinds)
+    _embed(args, store, embedder)
     if args.watch:
         print(f"watching {', '.join(store.roots())} ({f'every {args.poll:g} s' if args.poll else 'file events'}); "
               "Ctrl-C stops", flush=True)
         stop = threading.Event()
         try:
-            indexer.watch(store, kinds, lambda s: (_report(s, store, kinds), sys.stdout.flush()), stop,
-                          args.poll, args.max_mb)
+            indexer.watch(store, kinds, lambda s: (_report(s, store, kinds), _embed(args, store, embedder),
+                                                   sys.stdout.flush()), stop, args.poll, args.max_mb)
         except KeyboardInterrupt:
             stop.set()
             print("stopped watching")
@@ -237,6 +299,9 @@ def _print_status(store: Store, everything: bool) -> None:
     units = store.get("units") or "bigram"
     print(f"{store.path} ({units} units): " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     print("folders: " + (", ".join(store.roots()) or "(none)"))
+    identity, (have, chunks) = vectors.stored_identity(store), vectors.counts(store)
+    print("vectors: " + (f"{have} of {chunks} chunks, {identity}" if identity else
+                         "none (lexical search only; `krmini memo index --embed st:MODEL|openai:URL` adds them)"))
     for f in states:
         if f.state == "indexed" and not everything and not f.reason:
             continue
@@ -248,9 +313,10 @@ def _print_status(store: Store, everything: bool) -> None:
 
 def run_search(args) -> int:
     with Store.open(args.db) as store:
-        results = Searcher(store, parse_kinds(args.units) if args.units else None).search(args.query, args.k)
+        results = open_searcher(store, args).search(args.query, args.k)
     if args.json:
-        print(json.dumps({"mode": results.mode, "units": "+".join(results.kinds), "chunks": results.chunks,
+        print(json.dumps({"mode": results.mode, "units": "+".join(results.kinds), "embedder": results.embedder,
+                          "reranker": results.reranker, "chunks": results.chunks, "vectors": results.vectors,
                           "hits": [{"where": h.where, "path": h.path, "heading": h.heading, "line_start": h.line_start,
                                     "line_end": h.line_end, "page": h.page, "note_id": h.note_id,
                                     "score": round(h.score, 4), "coverage": round(h.coverage, 3), "text": h.text}

@@ -1,4 +1,10 @@
-"""Search: BM25 per unit kind, computed inside SQLite, fused by reciprocal rank; hits cite file and lines.
+"""Search: BM25 per unit kind inside SQLite, embeddings, their fusion; hits cite file and lines.
+
+Three modes, always said (`Results.describe`):
+
+    lexical   BM25 over the index's unit kinds (no model involved; works offline with nothing downloaded)
+    dense     the question's embedding against every chunk's (vectors.py), by cosine
+    hybrid    both rankings fused (`fuse`); the default when the index has vectors
 
 For each unit kind of the index, the question's distinct units score every chunk holding any of them:
 
@@ -7,19 +13,24 @@ For each unit kind of the index, the question's distinct units score every chunk
 with k1 = 0.5, b = 0.75 (tuned on the KorQuAD dev set, docs/memo.md). With two kinds (bigram+kiwi)
 the scores are fused: each kind's scores divided by its best one, weighted (`FUSION_WEIGHTS`) and
 summed. Reciprocal-rank fusion was measured too and lost: two lexical rankings agree so often that
-its sums tie, and breaking the ties by either list gives back that list (docs/memo.md). The mode is
-always said: `lexical` (no embedding model is involved), with the unit kinds used.
+its sums tie, and breaking the ties by either list gives back that list (docs/memo.md).
+
+Hybrid adds the dense ranking, min-max scaled and weighted, to the lexical scores (`fuse`; RRF lost here
+too: docs/memo-dense.md).
+An optional reranker (a CrossEncoder) reorders the top `RERANK_DEPTH` hits of any mode.
 
 `coverage` is the share of the question's units (bigrams and whole words, not word pairs; weighted
 by idf, and a unit found in no note counts with the largest idf) that a hit contains: 1.0 when every
-unit is in it. `ask` refuses to answer from hits below a threshold.
+unit is in it. `ask` refuses to answer from hits below a threshold, whatever the mode.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from krmini.apps.memo import vectors
+from krmini.apps.memo.embed import DENSE_WEIGHT, MODES, RERANK_DEPTH, Embedder, Reranker, open_embedder
 from krmini.apps.memo.indexer import display
 from krmini.apps.memo.store import Store, document_frequencies, term_key
 from krmini.apps.memo.units import analyze, kiwi_available, parse_kinds
@@ -27,7 +38,7 @@ from krmini.errors import KrminiError
 
 K1, B = 0.5, 0.75
 FUSION_WEIGHTS = {"bigram": 1.0, "kiwi": 0.5}
-DEPTH = 100  # each kind's ranked list that fusion sees
+DEPTH = 100  # each ranked list that fusion sees
 
 
 @dataclass(frozen=True)
@@ -62,14 +73,22 @@ class Results:
     kinds: tuple[str, ...]
     chunks: int  # chunks in the index
     fallback: str | None = None  # why a kind of the index was not used
-
-    @property
-    def mode(self) -> str:
-        return "lexical"
+    mode: str = "lexical"
+    embedder: str | None = None  # dense and hybrid: the model the question was embedded with
+    vectors: int = 0  # chunks with a vector
+    reranker: str | None = None
+    dense_weight: float = DENSE_WEIGHT
 
     def describe(self) -> str:
-        how = "+".join(self.kinds) + (", score fusion" if len(self.kinds) > 1 else "")
-        return f"mode: {self.mode} ({how}" + (f"; {self.fallback})" if self.fallback else ")")
+        lexical = "+".join(self.kinds) + (", score fusion" if len(self.kinds) > 1 else "")
+        how = {"lexical": lexical, "dense": self.embedder,
+               "hybrid": f"{'+'.join(self.kinds)} + {self.embedder}; score fusion, dense weight {self.dense_weight:g}"
+               }[self.mode]
+        notes = [f"{self.vectors} of {self.chunks} chunks have vectors"] if (
+            self.mode != "lexical" and self.vectors < self.chunks) else []
+        notes += [f"reranked top {RERANK_DEPTH} by {self.reranker}"] if self.reranker else []
+        notes += [self.fallback] if self.fallback else []
+        return f"mode: {self.mode} ({'; '.join([how, *notes])})"
 
 
 def index_kinds(store: Store) -> tuple[str, ...]:
@@ -83,11 +102,33 @@ def _idf(n: int, df: int) -> float:
     return math.log(1 + (n - df + 0.5) / (df + 0.5))
 
 
-class Searcher:
-    """Searches one index; `kinds` (default: every kind it has) must be among the index's."""
+def fuse(lexical: list[tuple[int, float]], dense: list[tuple[int, float]],
+         weight: float = DENSE_WEIGHT) -> list[tuple[int, float]]:
+    """Hybrid: lexical scores divided by the best one, plus `weight` times the cosines min-max scaled
+    over the dense list (a chunk missing from a list gets 0 from it), best first. The dense list moves a
+    chunk by at most `weight` against the lexical best's 1, which bounds what a weak embedder can spoil."""
+    fused: dict[int, float] = {}
+    if lexical:
+        top = lexical[0][1] or 1.0
+        for chunk, score in lexical:
+            fused[chunk] = score / top
+    if dense:
+        high, low = dense[0][1], dense[-1][1]
+        for chunk, score in dense:
+            fused[chunk] = fused.get(chunk, 0.0) + weight * ((score - low) / (high - low) if high > low else 1.0)
+    return sorted(fused.items(), key=lambda item: (-item[1], item[0]))
 
-    def __init__(self, store: Store, kinds: tuple[str, ...] | None = None):
-        self.store = store
+
+class Searcher:
+    """Searches one index; `kinds` (default: every kind it has) must be among the index's.
+
+    `mode` (default: hybrid with an `embedder`, else lexical): dense and hybrid need the embedder the
+    index's vectors come from; `dense_weight` is hybrid's (`fuse`); `reranker` reorders the top hits."""
+
+    def __init__(self, store: Store, kinds: tuple[str, ...] | None = None, mode: str | None = None,
+                 embedder: Embedder | None = None, reranker: Reranker | None = None,
+                 dense_weight: float = DENSE_WEIGHT):
+        self.store, self.dense_weight = store, dense_weight
         have = index_kinds(store)
         asked = kinds or have
         missing = [k for k in asked if k not in have]
@@ -99,16 +140,32 @@ class Searcher:
             asked = tuple(k for k in asked if k != "kiwi")
             self.fallback = "kiwi units not installed: pip install 'krmini[memo]'"
         self.kinds = asked
+        self.mode = mode or ("hybrid" if embedder is not None else "lexical")
+        if self.mode not in MODES:
+            raise KrminiError(f"--mode: expected one of {', '.join(MODES)}, got {self.mode!r}")
+        self.embedder, self.reranker, self.matrix = embedder, reranker, None
+        if self.mode != "lexical":
+            identity = vectors.stored_identity(store)
+            if identity is None or not vectors.counts(store)[0]:
+                raise KrminiError(f"--mode {self.mode}: {store.path} has no vectors; embed its chunks with "
+                                  f"`krmini memo index --db {store.path} --embed st:MODEL|openai:URL`")
+            if embedder is None:
+                raise KrminiError(f"--mode {self.mode}: needs an embedder (the index's is {identity})")
+            vectors.check(store, embedder)
+            self.matrix = vectors.Matrix(store, identity.dim)
 
-    def _ranked(self, kind: str, units: list[str], n: int, depth: int) -> tuple[list[tuple[int, float]], dict]:
-        """The chunks holding any of `units`, best first, and unit → (key, idf) of the units some chunk holds."""
+    def _known(self, kind: str, units: list[str], n: int) -> dict[str, tuple[int, float]]:
+        """unit → (key, idf) of the units some chunk holds."""
+        keys = {u: term_key(kind, u) for u in set(units)}
+        df = document_frequencies(self.store.conn, sorted(set(keys.values())))
+        return {u: (key, _idf(n, df[key])) for u, key in keys.items() if key in df}
+
+    def _ranked(self, kind: str, known: dict[str, tuple[int, float]], depth: int) -> list[tuple[int, float]]:
+        """The chunks holding any of the `known` units, best first."""
+        if not known:
+            return []
         c = self.store.conn
         avg = c.execute(f"SELECT avg({kind}) FROM lengths").fetchone()[0] or 1.0
-        keys = {u: term_key(kind, u) for u in set(units)}
-        df = document_frequencies(c, sorted(set(keys.values())))
-        known = {u: (key, _idf(n, df[key])) for u, key in keys.items() if key in df}
-        if not known:
-            return [], known
         weights = dict(known.values())
         values = ",".join("(?, ?)" for _ in weights)
         sql = (f"WITH q(term, w) AS (VALUES {values}) "
@@ -116,31 +173,49 @@ class Searcher:
                "FROM q JOIN postings p ON p.term = q.term JOIN lengths l ON l.chunk = p.chunk "
                "GROUP BY p.chunk ORDER BY s DESC, p.chunk LIMIT ?")
         params = [x for item in weights.items() for x in item] + [avg, depth]
-        return [(chunk, score) for chunk, score in c.execute(sql, params)], known
+        return list(c.execute(sql, params))
+
+    def _lexical(self, query: str, n: int, depth: int) -> tuple[list[tuple[int, float]], dict]:
+        """The lexical ranking (the kinds' scores fused; none in dense mode) and, for coverage, the first
+        kind's single units (not word pairs) → (key, idf), None for a unit no chunk holds."""
+        lists, words = [], {}
+        for i, kind in enumerate(self.kinds):
+            units = analyze(kind, [query], query=True)[0]
+            known = self._known(kind, units, n)
+            if i == 0:
+                words = {u: known.get(u) for u in units if " " not in u}
+            if self.mode != "dense":
+                lists.append(self._ranked(kind, known, max(depth, DEPTH) if len(self.kinds) > 1 else depth))
+        if len(lists) <= 1:
+            return (lists[0] if lists else []), words
+        fused: dict[int, float] = {}
+        for kind, ranked in zip(self.kinds, lists, strict=True):
+            top = ranked[0][1] if ranked else 1.0
+            for chunk, score in ranked:
+                fused[chunk] = fused.get(chunk, 0.0) + FUSION_WEIGHTS[kind] * score / top
+        return sorted(fused.items(), key=lambda item: (-item[1], item[0])), words
 
     def search(self, query: str, k: int = 10) -> Results:
         c = self.store.conn
         n = c.execute("SELECT count(*) FROM lengths").fetchone()[0]
-        lists, words = [], {}
-        for i, kind in enumerate(self.kinds):
-            units = analyze(kind, [query], query=True)[0]
-            ranked, known = self._ranked(kind, units, n, max(k, DEPTH) if len(self.kinds) > 1 else k)
-            lists.append(ranked)
-            if i == 0:  # coverage counts the first kind's single units (not word pairs)
-                words = {u: known.get(u) for u in units if " " not in u}
-        if len(lists) == 1:
-            order = lists[0][:k]
-        else:
-            fused: dict[int, float] = {}
-            for kind, ranked in zip(self.kinds, lists, strict=True):
-                top = ranked[0][1] if ranked else 1.0
-                for chunk, score in ranked:
-                    fused[chunk] = fused.get(chunk, 0.0) + FUSION_WEIGHTS[kind] * score / top
-            order = sorted(fused.items(), key=lambda item: (-item[1], item[0]))[:k]
+        wanted = max(k, RERANK_DEPTH) if self.reranker else k
+        depth = max(wanted, DEPTH) if self.mode == "hybrid" else wanted
+        lexical, words = self._lexical(query, n, depth)
+        dense = [] if self.matrix is None else self.matrix.rank(self.embedder.embed([query], query=True)[0], depth)
+        order = (lexical if self.mode == "lexical" else dense if self.mode == "dense"
+                 else fuse(lexical, dense, self.dense_weight))
         weights = {v[0]: v[1] for v in words.values() if v is not None}
         total = sum(weights.values()) + sum(v is None for v in words.values()) * _idf(n, 0)
-        hits = [self._hit(chunk, score, weights, total) for chunk, score in order]
-        return Results(hits, self.kinds, n, self.fallback)
+        hits = [self._hit(chunk, score, weights, total) for chunk, score in order[:wanted]]
+        if self.reranker and hits:
+            scores = self.reranker.scores(query, [vectors.passage(h.heading, h.text) for h in hits])
+            ranked = sorted(zip(scores, range(len(hits)), hits, strict=True), key=lambda t: (-t[0], t[1]))
+            hits = [replace(h, score=s) for s, _, h in ranked]
+        identity = self.embedder.identity if self.embedder is not None and self.mode != "lexical" else None
+        return Results(hits[:k], self.kinds, n, self.fallback, self.mode,
+                       f"{identity.kind}:{identity.name}, {identity.dim}-dim" if identity else None,
+                       len(self.matrix) if self.matrix is not None else 0,
+                       self.reranker.name if self.reranker else None, self.dense_weight)
 
     def _hit(self, chunk: int, score: float, weights: dict[int, float], total: float) -> Hit:
         c = self.store.conn
@@ -152,3 +227,30 @@ class Searcher:
             have = c.execute(f"SELECT term FROM postings WHERE chunk = ? AND term IN ({marks})", (chunk, *weights))
             matched = sum(weights[t] for (t,) in have) / total
         return Hit(chunk, *row, score=score, coverage=matched)
+
+
+def open_searcher(store: Store, args, embedder: Embedder | None = None) -> Searcher:
+    """The searcher a command's options ask for: `--units`, `--mode` (default: hybrid when the index has
+    vectors, else lexical), `--embed` (default: the index's own embedder, reopened; or `embedder`, opened
+    already), `--rerank`. An embedder that cannot be opened is an error, never a quiet lexical search:
+    `--mode lexical` is the way."""
+    kinds = parse_kinds(args.units) if getattr(args, "units", None) else None
+    identity = vectors.stored_identity(store)
+    has = identity is not None and vectors.counts(store)[0] > 0
+    mode = args.mode or ("hybrid" if has or args.embed else "lexical")
+    if mode == "lexical" and args.embed:
+        raise KrminiError("--embed: not used by --mode lexical (dense and hybrid search embed the question)")
+    if mode == "lexical":
+        embedder = None
+    elif embedder is None and has:
+        spec = args.embed or identity.spec
+        model = args.embed_model or (identity.name if not args.embed and identity.kind == "openai" else None)
+        try:
+            embedder = open_embedder(spec, model, args.embed_api_key)
+        except KrminiError as exc:
+            if args.mode is None:
+                raise KrminiError(f"{exc} (this index has vectors, so search is hybrid: --mode lexical searches "
+                                  "without them)") from None
+            raise
+    reranker = Reranker(args.rerank) if args.rerank else None
+    return Searcher(store, kinds, mode, embedder, reranker, args.dense_weight)

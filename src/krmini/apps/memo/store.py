@@ -6,6 +6,8 @@
     lengths   units per chunk and kind (narrow: BM25 reads it for every posting it scores)
     terms     term key (a hash of kind and unit, `term_key`) → document frequency
     postings  (term, chunk) → term frequency, clustered by term: a query reads only its terms' rows
+    vectors   chunk → its embedding (float32, unit length) for dense search (vectors.py); a chunk's
+              vector goes with it, and a file written again keeps the vectors of its unchanged chunks
 
 BM25 is computed inside SQLite from these tables (search.py), so any k1/b/weighting works, nothing is
 loaded into memory first, and a reader in another process sees a consistent index while an indexer
@@ -34,7 +36,7 @@ from krmini.apps.memo.chunks import Chunk
 from krmini.errors import KrminiError
 
 APPLICATION_ID = 0x6B6D656D  # "kmem"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the vectors table (an index of schema 1 gets it when opened)
 SQLITE_MAGIC = b"SQLite format 3\x00"
 BATCH_SECONDS = 1.0
 
@@ -54,6 +56,7 @@ CREATE TABLE terms(key INTEGER PRIMARY KEY, df INTEGER NOT NULL);
 CREATE TABLE postings(term INTEGER NOT NULL, chunk INTEGER NOT NULL, tf INTEGER NOT NULL,
                       PRIMARY KEY(term, chunk)) WITHOUT ROWID;
 """
+VECTORS = "CREATE TABLE vectors(chunk INTEGER PRIMARY KEY REFERENCES chunks(id) ON DELETE CASCADE, vec BLOB NOT NULL)"
 
 
 @lru_cache(maxsize=1 << 20)
@@ -110,9 +113,13 @@ class Store:
         if not exists and not create:
             raise KrminiError(f"{path}: no memo index here; create it with `krmini memo index NOTES --db {path}`")
         if exists:
-            with open(path, "rb") as fh:
-                if fh.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
-                    raise KrminiError(f"{path}: not a memo index (not an SQLite database); {rebuild_hint(path)}")
+            try:
+                with open(path, "rb") as fh:
+                    magic = fh.read(len(SQLITE_MAGIC))
+            except OSError as exc:
+                raise KrminiError(f"{path}: cannot read the memo index ({exc.strerror or exc})") from None
+            if magic != SQLITE_MAGIC:
+                raise KrminiError(f"{path}: not a memo index (not an SQLite database); {rebuild_hint(path)}")
         if create:
             path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
@@ -124,6 +131,8 @@ class Store:
                 _create_schema(conn)
             elif app != APPLICATION_ID:
                 raise KrminiError(f"{path}: another program's SQLite database, not a memo index; {rebuild_hint(path)}")
+            elif version == 1:
+                _add_vectors(conn)
             elif version != SCHEMA_VERSION:
                 raise KrminiError(f"{path}: memo index of schema {version}, this krmini reads {SCHEMA_VERSION}; "
                                   f"{rebuild_hint(path)}")
@@ -261,13 +270,20 @@ class Store:
 
     def _write(self, path, root, size, mtime_ns, sha256, state, reason, chunks, units, notes) -> None:
         with self.transaction() as c:
+            kept = dict(c.execute("SELECT k.heading || char(31) || k.text, v.vec FROM files f "
+                                  "JOIN chunks k ON k.file = f.id JOIN vectors v ON v.chunk = k.id "
+                                  "WHERE f.path = ?", (path,)))
             self._drop(path)
             file_id = c.execute(
                 "INSERT INTO files(path, root, size, mtime_ns, sha256, state, reason, notes, chunks, indexed_at) "
                 "VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (path, root, size, mtime_ns, sha256, state, reason, notes, len(chunks), time.time())).lastrowid
             if chunks:
-                postings, df = _insert_chunks(c, file_id, chunks, units)
+                ids, postings, df = _insert_chunks(c, file_id, chunks, units)
+                # an unchanged chunk (same heading and text) keeps its vector: only what changed is embedded again
+                c.executemany("INSERT INTO vectors(chunk, vec) VALUES(?, ?)",
+                              [(i, kept[key]) for i, ch in zip(ids, chunks, strict=True)
+                               if (key := f"{ch.heading}\x1f{ch.text}") in kept])
                 if self._batched:
                     self._pending.append((postings, df))
                 else:
@@ -290,11 +306,19 @@ def _create_schema(conn: sqlite3.Connection) -> None:
     with _transaction(conn):
         if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
             return  # another process created it first
-        for statement in SCHEMA.split(";"):
+        for statement in [*SCHEMA.split(";"), VECTORS]:
             if statement.strip():
                 conn.execute(statement)
         conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _add_vectors(conn: sqlite3.Connection) -> None:
+    """Schema 1 → 2: the vectors table, empty (an older index keeps working, lexical only)."""
+    with _transaction(conn):
+        if conn.execute("PRAGMA user_version").fetchone()[0] == 1:  # not upgraded by another process meanwhile
+            conn.execute(VECTORS)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 def _drop_file(c: sqlite3.Connection, file_id: int) -> None:
@@ -306,16 +330,16 @@ def _drop_file(c: sqlite3.Connection, file_id: int) -> None:
     c.executemany("DELETE FROM postings WHERE term = ? AND chunk = ?", pairs)
     c.executemany("UPDATE terms SET df = df - ? WHERE key = ?", [(n, t) for t, n in freed.items()])
     c.executemany("DELETE FROM terms WHERE key = ? AND df <= 0", [(t,) for t in freed])
-    c.execute("DELETE FROM files WHERE id = ?", (file_id,))  # its chunks and lengths go with it (ON DELETE CASCADE)
+    c.execute("DELETE FROM files WHERE id = ?", (file_id,))  # its chunks, lengths, vectors go (ON DELETE CASCADE)
 
 
 def _insert_chunks(c: sqlite3.Connection, file_id: int, chunks: list[Chunk],
-                   units: dict[str, list[list[str]]]) -> tuple[list[tuple[int, int, int]], Counter]:
-    """Insert the chunks and their lengths; their postings (term, chunk, tf) and df counts are returned."""
+                   units: dict[str, list[list[str]]]) -> tuple[list[int], list[tuple[int, int, int]], Counter]:
+    """Insert the chunks and their lengths; their ids, postings (term, chunk, tf) and df counts are returned."""
     counts = {kind: [{term_key(kind, u): n for u, n in Counter(per).items()} for per in per_chunk]
               for kind, per_chunk in units.items()}
     df = Counter(t for per_chunk in counts.values() for cnt in per_chunk for t in cnt)
-    postings = []
+    ids, postings = [], []
     for ord_, chunk in enumerate(chunks):
         mine = [(t, n) for kind in counts for t, n in counts[kind][ord_].items()]
         chunk_id = c.execute(
@@ -328,7 +352,8 @@ def _insert_chunks(c: sqlite3.Connection, file_id: int, chunks: list[Chunk],
         c.execute("INSERT INTO lengths(chunk, bigram, kiwi) VALUES(?, ?, ?)",
                   (chunk_id, lens.get("bigram", 0), lens.get("kiwi", 0)))
         postings += [(t, chunk_id, n) for t, n in mine]
-    return postings, df
+        ids.append(chunk_id)
+    return ids, postings, df
 
 
 def _write_postings(c: sqlite3.Connection, postings: list[tuple[int, int, int]], df: Counter) -> None:

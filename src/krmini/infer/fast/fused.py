@@ -36,28 +36,31 @@ from krmini.model.llama import MLP, Attention, LlamaModel, apply_rope
 
 
 class PackedLinear(nn.Module):
-    """y = x Wᵀ through oneDNN with W pre-packed (no bias: our model has none)."""
+    """y = x Wᵀ (+ b) through oneDNN with W pre-packed (only Qwen2's q/k/v have a bias)."""
 
-    def __init__(self, weight: torch.Tensor) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         super().__init__()
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1)
+        self.bias = None if bias is None else bias.detach().to(weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
 
 class GemvLinear(nn.Module):
-    """y = x Wᵀ in bf16: our kernel for up to BF16_MAX_ROWS rows, oneDNN (through `F.linear`) for more."""
+    """y = x Wᵀ (+ b) in bf16: our kernel for up to BF16_MAX_ROWS rows, oneDNN (through `F.linear`) for more."""
 
-    def __init__(self, weight: torch.Tensor) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         super().__init__()
         self.weight = nn.Parameter(weight.detach().contiguous(), requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().to(weight.dtype), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
         if rows.shape[0] > BF16_MAX_ROWS:
-            return F.linear(x, self.weight)
-        return gemv_bf16(rows, self.weight).view(*x.shape[:-1], -1)
+            return F.linear(x, self.weight, self.bias)
+        y = gemv_bf16(rows, self.weight).view(*x.shape[:-1], -1)
+        return y if self.bias is None else y + self.bias
 
 
 # int8 weights a token reads from which our int8 kernel runs. It wins when the weights stream from
@@ -96,31 +99,41 @@ def can_pack(weight: torch.Tensor) -> bool:
     return packing_available(weight.dtype)
 
 
-def linear_for_decoding(weight: torch.Tensor, own_kernel: bool = True) -> nn.Module:
-    """A bias-free linear layer computing x Wᵀ: our kernel (unless `own_kernel` is False) or packed where
+def linear_for_decoding(weight: torch.Tensor, own_kernel: bool = True, bias: torch.Tensor | None = None) -> nn.Module:
+    """A linear layer computing x Wᵀ (+ bias): our kernel (unless `own_kernel` is False) or packed where
     that helps, plain otherwise."""
     if own_kernel and weight.dtype == torch.bfloat16 and weight.device.type == "cpu" and kernel_available():
-        return GemvLinear(weight)
+        return GemvLinear(weight, bias)
     if can_pack(weight):
-        return PackedLinear(weight)
-    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")  # no throwaway init
+        return PackedLinear(weight, bias)
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")  # no throwaway init
     layer.weight = nn.Parameter(weight.detach(), requires_grad=False)
+    if bias is not None:
+        layer.bias = nn.Parameter(bias.detach(), requires_grad=False)
     return layer
 
 
 class FusedAttention(Attention):
-    """`Attention` with one qkv matmul and one RoPE pass; caching and attention are inherited."""
+    """`Attention` with one qkv matmul (biases stacked too, where q/k/v have them) and one RoPE pass;
+    the per-head q/k norms (Qwen3), caching and attention are inherited."""
 
     def __init__(self, attn: Attention, own_kernel: bool = True) -> None:
         nn.Module.__init__(self)  # not Attention.__init__: the weights come from `attn`, not a new init
         self.n_heads, self.n_kv, self.head_dim = attn.n_heads, attn.n_kv, attn.head_dim
-        stacked = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
-        self.qkv_proj = linear_for_decoding(stacked, own_kernel)
+        self.q_norm, self.k_norm = attn.q_norm, attn.k_norm
+        projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+        stacked = torch.cat([p.weight for p in projections])
+        bias = torch.cat([p.bias for p in projections]) if attn.q_proj.bias is not None else None
+        self.qkv_proj = linear_for_decoding(stacked, own_kernel, bias)
         self.o_proj = linear_for_decoding(attn.o_proj.weight, own_kernel)
 
     def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         B, T, _ = x.shape
-        qkv = self.qkv_proj(x).view(B, T, self.n_heads + 2 * self.n_kv, self.head_dim).transpose(1, 2)
+        qkv = self.qkv_proj(x).view(B, T, self.n_heads + 2 * self.n_kv, self.head_dim)
+        if self.q_norm is not None:
+            q, k, v = qkv.split([self.n_heads, self.n_kv, self.n_kv], dim=2)
+            return *self.rotate(q, k, cos, sin), v.transpose(1, 2)
+        qkv = qkv.transpose(1, 2)
         rotated = self.n_heads + self.n_kv
         qk = apply_rope(qkv[:, :rotated], cos, sin)
         return qk[:, : self.n_heads], qk[:, self.n_heads :], qkv[:, rotated:]

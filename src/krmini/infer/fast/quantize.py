@@ -50,7 +50,8 @@ def int8pack_available() -> bool:
 
 
 class Int8Linear(nn.Module):
-    """y = x · (q · s)ᵀ with q int8 (out, in) and s one scale per output feature.
+    """y = x · (q · s)ᵀ (+ b) with q int8 (out, in), s one scale per output feature and b a float bias
+    (only where the float layer had one: Qwen2's q/k/v).
 
     `own_kernel` (set by `fuse_for_decoding` where our kernel runs): a step's one or two rows go
     through our int8 kernel (`gemv.py`), which streams the weights faster than PyTorch's.
@@ -58,10 +59,12 @@ class Int8Linear(nn.Module):
 
     own_kernel = False
 
-    def __init__(self, in_features: int, out_features: int, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, in_features: int, out_features: int, dtype: torch.dtype = torch.float32,
+                 bias: bool = False) -> None:
         super().__init__()
         self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.ones(out_features, dtype=dtype))
+        self.register_buffer("bias", torch.zeros(out_features, dtype=dtype) if bias else None)
         self.int8pack = int8pack_available()  # decided once (a plain attribute inside a compiled step)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,8 +72,10 @@ class Int8Linear(nn.Module):
         if x.device.type == "cpu" and self.int8pack:
             flat = x.reshape(-1, x.size(-1))
             matmul = gemv_int8 if self.own_kernel and flat.shape[0] <= INT8_MAX_ROWS else torch._weight_int8pack_mm
-            return matmul(flat, self.weight, scale).view(*x.shape[:-1], -1)
-        return F.linear(x, self.weight.to(x.dtype)) * scale
+            y = matmul(flat, self.weight, scale).view(*x.shape[:-1], -1)
+        else:
+            y = F.linear(x, self.weight.to(x.dtype)) * scale
+        return y if self.bias is None else y + self.bias.to(y.dtype)
 
 
 class Int8Embedding(nn.Module):
@@ -88,7 +93,7 @@ def _swap_linears(model: LlamaModel, dtype: torch.dtype) -> None:
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, nn.Linear):
-                setattr(module, name, Int8Linear(child.in_features, child.out_features, dtype))
+                setattr(module, name, Int8Linear(child.in_features, child.out_features, dtype, child.bias is not None))
 
 
 def int8_skeleton(model: LlamaModel, dtype: torch.dtype = torch.float32) -> LlamaModel:
@@ -110,6 +115,8 @@ def quantize_model(model: LlamaModel) -> LlamaModel:
     int8_skeleton(model, dtype)
     state = {}
     for name, tensor in model.state_dict().items():
+        if name.endswith(".bias"):  # a new Int8Linear's bias: the float layer's, as it was
+            state[name] = source[name].to(dtype)
         if name.endswith("weight_scale") or tensor.dtype != torch.int8:
             continue
         float_name = name.replace("embed_tokens.head.weight", "embed_tokens.weight")
