@@ -214,7 +214,7 @@ def test_workers_tokenize_as_the_tokenizer_does_after_cleaning(tokenizer_dir):
     tok = KoTokenizer.load(tokenizer_dir)
     texts = ["대한민국의 헌법은 국민의 권리를 보장한다.", "\u1112\u1161\u11ab\u1100\u1173\u11af 자모로 쓴 글",
              "서울  2024년\t가격 12,000원!"]
-    setup = WorkerSetup((Path(tokenizer_dir) / "tokenizer.json").read_text(encoding="utf-8"),
+    setup = WorkerSetup((Path(tokenizer_dir) / "tokenizer.json").read_text(encoding="utf-8"), tok.bos_id, tok.eos_id,
                         FilterConfig(min_hangul_ratio=0.0), DedupConfig(near=False), "uint32")
     result = ChunkProcessor(setup)(texts, wikitext=False)
     want = [[tok.bos_id, *tok.encode(clean_text(t)), tok.eos_id] for t in texts]

@@ -8,6 +8,7 @@ in order — exact and near duplicates, the mix, the split, writing — happens 
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 from collections import deque
@@ -41,6 +42,8 @@ class ChunkResult:
 @dataclass
 class WorkerSetup:
     tokenizer_json: str
+    bos_id: int  # the tokenizer's document markers (ours: <|bos|> <|eos|>; an imported model's: its own)
+    eos_id: int
     filters: FilterConfig
     dedup: DedupConfig
     dtype: str
@@ -56,11 +59,13 @@ class ChunkProcessor:
 
         self.setup = setup
         self.tok = Tokenizer.from_str(setup.tokenizer_json)
-        # Every text reaches the tokenizer through `clean_text`, already NFC, so the tokenizer's own
-        # NFC pass would only repeat it (10-20% of tokenization time). The ids are the same.
-        self.tok.normalizer = None
+        # Every text reaches the tokenizer through `clean_text`, already NFC, so a tokenizer's own NFC
+        # pass would only repeat it (10-20% of tokenization time). The ids are the same. Any other
+        # normalizer (an imported model's) stays.
+        if json.loads(setup.tokenizer_json).get("normalizer") == {"type": "NFC"}:
+            self.tok.normalizer = None
         self.encoder = WordCachedEncoder(self.tok)
-        self.bos, self.eos = self.tok.token_to_id("<|bos|>"), self.tok.token_to_id("<|eos|>")
+        self.bos, self.eos = setup.bos_id, setup.eos_id
         self.hasher = MinHasher(setup.dedup) if setup.dedup.near else None
 
     def _owned(self, digest: bytes) -> bool:

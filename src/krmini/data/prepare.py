@@ -272,8 +272,8 @@ def _run(sources: list[SourceConfig], tokenizer: KoTokenizer, tokenizer_path: st
     writers = {} if dry_run else {s: ShardWriter(out, s, dtype, config.shard_tokens, stats[s], prefix) for s in SPLITS}
     acc = Accounting(sources, keep_examples=dry_run)
     problems = ReadProblems(strict=config.strict)
-    setup = WorkerSetup(tokenizer.tok.to_str(), config.filters, config.dedup, dtype.name, config.min_chars,
-                        config.max_chars, config.shard_index, config.num_shards)
+    setup = WorkerSetup(tokenizer.tok.to_str(), tokenizer.bos_id, tokenizer.eos_id, config.filters, config.dedup,
+                        dtype.name, config.min_chars, config.max_chars, config.shard_index, config.num_shards)
     exact: set[bytes] = set()
     near = NearDuplicateIndex() if config.dedup.near else None
     locations: list[str] = []  # dry run: where each kept document came from, to show near-duplicate pairs

@@ -44,6 +44,7 @@ from krmini.errors import KrminiError
 from krmini.tokenizer.tokenizer import CONFIG_FILE, TOKENIZER_FILE, KoTokenizer
 
 BYTE_TOKEN = re.compile(r"^<0x([0-9A-F]{2})>$")
+META_START = re.compile("(?=\u2581)")  # before each "▁" (SentencePiece's word start)
 EXTENSION_FILE = "extension.json"  # written beside an extended tokenizer: what it was extended from
 # Files that describe a tokenizer beside its tokenizer.json (ours, or an open model's): copied unchanged,
 # since every id they name keeps its meaning.
@@ -72,15 +73,27 @@ def _bpe_spec(tok: Tokenizer, where: str) -> dict:
     return spec
 
 
-def _words(tok: Tokenizer, texts: Iterable[str]) -> tuple[Counter, int]:
-    """(pre-tokenized word → count, characters read), split as the tokenizer itself splits text."""
+def _whole_text_metaspace(spec: dict) -> bool:
+    """Llama 2 / Mistral layout: Metaspace without splitting, so the whole text is one pre-token."""
+    pre = spec.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    return any(s.get("type") == "Metaspace" and s.get("split") is False for s in steps)
+
+
+def _words(tok: Tokenizer, texts: Iterable[str], at_meta: bool) -> tuple[Counter, int]:
+    """(pre-tokenized word → count, characters read), split as the tokenizer itself splits text.
+
+    `at_meta`: also cut before each "▁" (for a Metaspace that leaves the text whole). Learning then runs per
+    word, not per document; the tokenizer's own pieces are SentencePiece's, which start at a "▁" and never
+    span one, so this changes what is learned only for pieces made of spaces alone."""
     counts: Counter = Counter()
     chars = 0
     for text in texts:
         chars += len(text)
         normalized = tok.normalizer.normalize_str(text) if tok.normalizer else text
         pieces = tok.pre_tokenizer.pre_tokenize_str(normalized) if tok.pre_tokenizer else [(normalized, None)]
-        counts.update(piece for piece, _ in pieces)
+        for piece, _ in pieces:
+            counts.update([w for w in META_START.split(piece) if w] if at_meta else [piece])
     return counts, chars
 
 
@@ -190,7 +203,7 @@ class _Merger:
 def extend(base: Tokenizer, texts: Iterable[str], add: int, min_frequency: int = 2, where: str = "tokenizer") -> Extension:
     """Up to `add` new tokens learned from `texts`, appended after every existing id (see the module doc)."""
     spec = _bpe_spec(base, where)
-    counts, chars = _words(base, texts)
+    counts, chars = _words(base, texts, _whole_text_metaspace(spec))
     if not counts:
         raise KrminiError("the domain corpus is empty: no text to learn tokens from")
     vocab = set(base.get_vocab(with_added_tokens=True))
