@@ -25,7 +25,7 @@ from krmini.apps.memo.ask import (
     summarize,
 )
 from krmini.apps.memo.backends import add_backend_args, open_backend
-from krmini.apps.memo.embed import Embedder, add_embed_args, open_embedder
+from krmini.apps.memo.embed import Embedder, add_embed_args, open_asked_or_stored
 from krmini.apps.memo.search import open_searcher
 from krmini.apps.memo.store import Store, damaged
 from krmini.argtypes import POSITIVE_INT, POSITIVE_NUMBER, SHARE
@@ -257,15 +257,8 @@ def _index_embedder(args, store: Store) -> Embedder | None:
     identity = vectors.stored_identity(store)
     if args.embed is None and identity is None:
         return None
-    spec = args.embed or identity.spec
-    model = args.embed_model or (identity.name if not args.embed and identity.kind == "openai" else None)
-    try:
-        embedder = open_embedder(spec, model, args.embed_api_key)
-    except KrminiError as exc:
-        if args.embed is None:
-            raise KrminiError(f"{exc} (this index embeds its new chunks with {identity}; --no-embed updates "
-                              "the lexical index only)") from None
-        raise
+    hint = f"this index embeds its new chunks with {identity}; --no-embed updates the lexical index only"
+    embedder = open_asked_or_stored(args, identity, hint if args.embed is None else None)
     vectors.configure(store, embedder, args.reembed)
     return embedder
 

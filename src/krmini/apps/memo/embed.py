@@ -143,6 +143,19 @@ class OpenAIEmbedder:
         return matrix
 
 
+def open_asked_or_stored(args, identity, hint: str | None) -> Embedder:
+    """The embedder `args` names (--embed, --embed-model, --embed-api-key), else the one the index
+    stored (`identity`); an error opening it ends with `hint` when there is one."""
+    spec = args.embed or identity.spec
+    model = args.embed_model or (identity.name if not args.embed and identity.kind == "openai" else None)
+    try:
+        return open_embedder(spec, model, args.embed_api_key)
+    except KrminiError as exc:
+        if hint is not None:
+            raise KrminiError(f"{exc} ({hint})") from None
+        raise
+
+
 def open_embedder(spec: str, model: str | None = None, api_key: str | None = None) -> Embedder:
     if spec.startswith(OPENAI):
         return OpenAIEmbedder(spec[len(OPENAI):], model, api_key)

@@ -30,7 +30,7 @@ import math
 from dataclasses import dataclass, replace
 
 from krmini.apps.memo import vectors
-from krmini.apps.memo.embed import DENSE_WEIGHT, MODES, RERANK_DEPTH, Embedder, Reranker, open_embedder
+from krmini.apps.memo.embed import DENSE_WEIGHT, MODES, RERANK_DEPTH, Embedder, Reranker, open_asked_or_stored
 from krmini.apps.memo.indexer import display
 from krmini.apps.memo.store import Store, document_frequencies, term_key
 from krmini.apps.memo.units import analyze, kiwi_available, parse_kinds
@@ -243,14 +243,7 @@ def open_searcher(store: Store, args, embedder: Embedder | None = None) -> Searc
     if mode == "lexical":
         embedder = None
     elif embedder is None and has:
-        spec = args.embed or identity.spec
-        model = args.embed_model or (identity.name if not args.embed and identity.kind == "openai" else None)
-        try:
-            embedder = open_embedder(spec, model, args.embed_api_key)
-        except KrminiError as exc:
-            if args.mode is None:
-                raise KrminiError(f"{exc} (this index has vectors, so search is hybrid: --mode lexical searches "
-                                  "without them)") from None
-            raise
+        hint = "this index has vectors, so search is hybrid: --mode lexical searches without them"
+        embedder = open_asked_or_stored(args, identity, hint if args.mode is None else None)
     reranker = Reranker(args.rerank) if args.rerank else None
     return Searcher(store, kinds, mode, embedder, reranker, args.dense_weight)
