@@ -57,12 +57,17 @@ def hf_greedy(model, ids: list[int], pad_id: int, **kw) -> list[int]:
     return out[0, len(ids):].tolist()
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_logits_match_transformers(name, imported):
+def both_models(name: str, imported):
+    """Family `name` imported and loaded by us, the same checkpoint in transformers, and PROMPT's ids."""
     hf_dir, run = imported(name)
     ours = load_model(run, CPU)
     hf, hf_tok = hf_pair(hf_dir)
-    ids = ours.tokenizer.encode_prompt(PROMPT)
+    return ours, hf, hf_tok, ours.tokenizer.encode_prompt(PROMPT)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_logits_match_transformers(name, imported):
+    ours, hf, hf_tok, ids = both_models(name, imported)
     assert ids == hf_tok(PROMPT)["input_ids"]  # BOS where the family adds one (Llama 3, Mistral), none for Qwen
     assert ours.tokenizer.decode(ids, skip_special_tokens=True) == hf_tok.decode(ids, skip_special_tokens=True) == PROMPT
     with torch.no_grad():
@@ -72,10 +77,7 @@ def test_logits_match_transformers(name, imported):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_greedy_tokens_match_with_and_without_cache(name, imported):
-    hf_dir, run = imported(name)
-    ours = load_model(run, CPU)
-    hf, _ = hf_pair(hf_dir)
-    ids = ours.tokenizer.encode_prompt(PROMPT)
+    ours, hf, _, ids = both_models(name, imported)
     cached = list(generate_ids(ours.model, ids, GREEDY))  # prefill + KV cache, no stop ids
     seq = list(ids)
     with torch.no_grad():  # every step recomputes the whole sequence
