@@ -7,12 +7,15 @@ and measured on documents of both kinds that neither saw.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from krmini.cli import main
 from krmini.data.clean import clean_text
+from krmini.data.prepare import PrepareConfig
+from krmini.data.split import texts_in_split
 from krmini.errors import KrminiError
 from krmini.tokenizer import KoTokenizer
 from krmini.tokenizer.extend import EXTENSION_FILE, check_extends, extend, fingerprint, new_token_pieces
@@ -138,6 +141,24 @@ def test_cli_writes_a_loadable_extension_with_its_record(tiny_run, tmp_path, cap
     # an existing output is not replaced without --force
     assert main(["tokenizer", "extend", str(tiny_run), "--corpus", str(legal), "--add", "5", "--out", str(out)]) == 1
     assert "not empty" in capsys.readouterr().err
+
+
+def test_skip_heldout_learns_only_from_what_prepare_trains_on(tiny_run, tmp_path, capsys):
+    docs = texts("precedents_sample.jsonl", 0, 60)
+    legal = tmp_path / "legal.jsonl"
+    legal.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in docs), encoding="utf-8")
+    records = {}
+    for name, extra in (("all", []), ("train", ["--skip-heldout", "0.3"])):
+        out = tmp_path / name
+        assert main(["tokenizer", "extend", str(tiny_run), "--corpus", str(legal), "--add", "20", "--out", str(out),
+                     *extra]) == 0
+        records[name] = json.loads((out / EXTENSION_FILE).read_text(encoding="utf-8"))
+    # the documents a prepare with val_fraction + test_fraction = 0.3 keeps in train, and only those
+    config = asdict(PrepareConfig.recommended(val_fraction=0.2, test_fraction=0.1))
+    train = list(texts_in_split(docs, config, "train"))
+    assert 0 < len(train) < len(docs)
+    assert records["train"]["corpus_chars"] == sum(map(len, train)) < records["all"]["corpus_chars"]
+    assert records["train"]["skip_heldout"] == 0.3 and records["all"]["skip_heldout"] is None
 
 
 def test_only_bpe_is_extended(tmp_path):

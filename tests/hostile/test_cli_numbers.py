@@ -62,7 +62,8 @@ RULES = {
                 "--test-fraction": FRACTION, "--dedup-threshold": Rule(0, 1, True, True),
                 "--workers": Rule(0, CORES), "--shard-index": Rule(0, 0), "--num-shards": COUNT},
     "tokenizer train": {"--vocab-size": VOCAB, "--max-mb": POSITIVE},
-    "tokenizer extend": {"--add": COUNT, "--min-frequency": COUNT, "--max-mb": POSITIVE},
+    "tokenizer extend": {"--add": COUNT, "--min-frequency": COUNT, "--max-mb": POSITIVE,
+                         "--skip-heldout": FRACTION},
     "model-info": {"--batch": COUNT, "--seq-len": Rule(1, 256)},  # tiny's context
     "train": {"--nproc": THREADS},
     "generate": SAMPLING,

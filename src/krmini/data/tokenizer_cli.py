@@ -10,10 +10,12 @@ from __future__ import annotations
 import sys
 import time
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
-from krmini.argtypes import POSITIVE_INT, POSITIVE_NUMBER, integer
-from krmini.data.prepare import sample_texts
+from krmini.argtypes import FRACTION, POSITIVE_INT, POSITIVE_NUMBER, integer
+from krmini.data.prepare import PrepareConfig, sample_texts
+from krmini.data.split import texts_in_split
 from krmini.errors import KrminiError
 from krmini.runs import TOKENIZER_DIR, check_output, check_target, resolve_checkpoint, staged_dir
 from krmini.tokenizer.extend import extend, fingerprint, save_extension
@@ -47,6 +49,10 @@ def register(subparsers) -> None:
     e.add_argument("--min-frequency", type=integer(1), default=2,
                    help="a new token must occur at least this often in the corpus, >= 1 (default: 2)")
     e.add_argument("--heldout", nargs="+", help="text to measure characters per token on, before and after")
+    e.add_argument("--skip-heldout", type=FRACTION, metavar="FRACTION",
+                   help="learn only from documents that `krmini prepare` keeps in train when its val_fraction + "
+                   "test_fraction is FRACTION or less (e.g. 0.03 for configs/data/legal-cpt-mix.yaml), so the "
+                   "held-out text stays unseen")
     e.add_argument("--text-field", default="text", help="JSONL field holding the text")
     e.add_argument("--max-mb", type=POSITIVE_NUMBER, default=50.0,
                    help="learn from at most this many MB of the corpus, > 0 (default: 50)")
@@ -101,6 +107,11 @@ def run_extend(args) -> int:
     base = KoTokenizer.load(base_path)
     counts: Counter = Counter()
     texts = sample_texts(args.corpus, args.text_field, int(args.max_mb * 1e6), counts, args.strict)
+    if args.skip_heldout:
+        # Splits are nested by content hash (krmini.data.split): the lowest FRACTION of the buckets holds every
+        # val and test document of any prepare whose two fractions sum to at most FRACTION.
+        held_out = dict(asdict(PrepareConfig.recommended()), val_fraction=args.skip_heldout, test_fraction=0.0)
+        texts = texts_in_split(texts, held_out, "train")
     try:
         ext = extend(base.tok, texts, args.add, args.min_frequency, where=str(base_path))
     finally:
@@ -109,6 +120,7 @@ def run_extend(args) -> int:
               "base_vocab_size": base.vocab_size, "vocab_size": ext.tokenizer.get_vocab_size(),
               "first_new_id": ext.first_id, "requested": args.add, "added": len(ext.added),
               "skipped_already_present": ext.skipped, "min_frequency": args.min_frequency,
+              "skip_heldout": args.skip_heldout,
               "corpus": [str(c) for c in args.corpus], "corpus_chars": ext.chars,
               "corpus_tokens": {"before": ext.tokens_before, "after": ext.tokens_after}}
     lines = [f"added {len(ext.added)} of {args.add} tokens ({ext.skipped} already present, skipped): vocabulary "
