@@ -8,7 +8,14 @@ import pytest
 
 from krmini.cli import main
 from krmini.errors import KrminiError
-from krmini.eval.kobest import TASKS, choice_requests, few_shot_prompts, parse_tasks, read_examples, request_strings
+from krmini.eval.kobest import (
+    TASKS,
+    choice_requests,
+    few_shot_prompts,
+    parse_tasks,
+    read_examples,
+    request_strings,
+)
 from krmini.tokenizer import KoTokenizer
 from tests.conftest import shared_file
 
