@@ -26,7 +26,14 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -n auto --maxprocesses=4
 
-test-integration: $(STAMP)
+# lm-evaluation-harness, which the KoBEST integration test runs beside `krmini eval kobest`
+LMEVAL_STAMP := $(VENV)/.installed-lmeval
+
+$(LMEVAL_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[lmeval]'
+	touch $(LMEVAL_STAMP)
+
+test-integration: $(STAMP) $(LMEVAL_STAMP)
 	$(PY) -m pytest -q -m integration
 
 lint: $(STAMP)

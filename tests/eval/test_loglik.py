@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from krmini.eval.kobest import Example, Task, centred, macro_f1, score_examples
+from krmini.eval.kobest import Example, macro_f1, score_examples
 from krmini.eval.loglik import Request, continuation_logprobs
 from krmini.infer.load import load_model
 from krmini.model import ModelConfig
@@ -33,44 +33,41 @@ class PreferOneToken(nn.Module):
 
 
 class CharTokenizer:
-    """One token per character (code point mod VOCAB); id 1 is BOS."""
+    """One token per character (code point mod VOCAB); id 1 is the BOS it puts first."""
 
-    bos_id = 1
-
-    def encode_batch(self, texts):
-        return [[ord(c) % VOCAB for c in t] for t in texts]
+    def encode_batch(self, texts, add_special_tokens=False):
+        return [[1] * add_special_tokens + [ord(c) % VOCAB for c in t] for t in texts]
 
 
 def test_known_two_choice_task_is_scored_right():
     yes = ord("예") % VOCAB
     model = PreferOneToken(favourite=yes)
-    task = Task("yesno", (), lambda row, where: None, 2)
-    examples = [Example("질문", (" 아니오", " 예"), 1),  # model picks " 예": right
-                Example("질문", (" 예", " 아니오"), 0),  # right
-                Example("질문", (" 아니오", " 예"), 0)]  # model still picks " 예": wrong
-    result = score_examples(model, CharTokenizer(), task, examples, [e.prompt for e in examples])
+    examples = [Example("질문", ("아니오", "예"), 1),  # model picks "예": right
+                Example("질문", ("예", "아니오"), 0),  # right
+                Example("질문", ("아니오", "예"), 0)]  # model still picks "예": wrong
+    result = score_examples(model, CharTokenizer(), examples, [e.prompt for e in examples])
     assert result["acc"] == pytest.approx(2 / 3)
-    assert result["acc_norm"] == pytest.approx(2 / 3)
     # class 0: tp 1, fp 0, fn 1 → 2/3; class 1: tp 1, fp 1, fn 0 → 2/3
     assert result["f1"] == pytest.approx(2 / 3)
-    assert result["centred"] == pytest.approx(1 / 3)
+    assert [s["pick"] for s in result["samples"]] == [1, 0, 1]
 
 
 def test_length_normalisation_can_flip_the_answer():
     model = PreferOneToken(favourite=ord("가") % VOCAB)
-    # Every token but "가" costs about 10 nats. Choice 0 " 나": 2 tokens, ~-20 nats over 4 bytes;
-    # choice 1 " 나나나": ~-40 nats over 10 bytes. Raw picks 0, per byte (-5 vs -4) picks 1.
-    task = Task("t", (), lambda row, where: None, 2)
-    ex = [Example("질문", (" 나", " 나나나"), 1)]
-    result = score_examples(model, CharTokenizer(), task, ex, [ex[0].prompt])
+    # Every token but "가" costs about 10 nats. Choice 0 "나": " 나", 2 tokens, ~-20 nats over 1 character;
+    # choice 1 "나나나": ~-40 nats over 3 characters. Raw picks 0, per character (-20 vs -13.3) picks 1.
+    ex = [Example("질문", ("나", "나나나"), 1)]
+    result = score_examples(model, CharTokenizer(), ex, [ex[0].prompt])
     assert result["acc"] == 0.0  # raw: -20 > -40 picks choice 0
-    assert result["acc_norm"] == 1.0  # per byte: -5.0 < -4.0 picks choice 1
+    assert result["acc_norm"] == 1.0  # per character of the choice (lm-eval's acc_norm) picks choice 1
+    assert result["samples"][0]["loglik"] == pytest.approx([-20, -40], abs=0.05)
 
 
 def test_metric_helpers():
-    assert macro_f1([0, 0, 1, 1], [0, 0, 1, 1], 2) == 1.0
-    assert macro_f1([0, 1], [0, 0], 2) == pytest.approx((2 / 3 + 0) / 2)
-    assert centred(0.25, 0.25) == 0.0 and centred(1.0, 0.5) == 1.0 and centred(0.4, 0.5) < 0
+    assert macro_f1([0, 0, 1, 1], [0, 0, 1, 1]) == 1.0
+    assert macro_f1([0, 1], [0, 0]) == pytest.approx((2 / 3 + 0) / 2)
+    # like scikit-learn's macro average: a class neither labelled nor predicted does not count
+    assert macro_f1([1, 1, 2], [1, 1, 1]) == pytest.approx((0.8 + 0) / 2)
 
 
 def test_batched_scores_equal_one_by_one(tiny_run):

@@ -15,10 +15,9 @@ def test_report_page(tiny_run, tmp_path):
         "kind": "ppl", "data": ["held.jsonl"], "documents": 3, "tokens": 1000, "loss": 4.5, "perplexity": 90.0,
         "bits_per_byte": 1.875})
     write_json(run / "eval" / "kobest-dev-0shot.json", {
-        "kind": "kobest", "split": "dev", "shots": 0, "limit": None, "centred_mean": 0.1,
-        "average": {"acc": 0.55, "acc_norm": 0.5, "f1": 0.5, "centred": 0.1},
-        "tasks": {"copa": {"examples": 500, "acc": 0.55, "acc_norm": 0.5, "f1": 0.5, "chance": 0.5,
-                           "centred": 0.1, "primary": "acc"}}})
+        "kind": "kobest", "split": "dev", "shots": 0, "limit": None,
+        "average": {"acc": 0.55, "acc_norm": 0.5, "f1": 0.525},
+        "tasks": {"copa": {"examples": 500, "acc": 0.55, "acc_norm": 0.5, "f1": 0.525}}})
     out = tmp_path / "page"
     assert main(["report", str(run), "--out", str(out), "--max-new-tokens", "8", "--device", "cpu"]) == 0
     page = (out / "report.md").read_text(encoding="utf-8")
@@ -26,7 +25,7 @@ def test_report_page(tiny_run, tmp_path):
                     "## 생성 예시 / Sample generations"):
         assert heading in page
     assert "| held.jsonl | 3 | 1,000 | 4.5000 | 90.00 | 1.8750 |" in page
-    assert "| copa | 500 | 0.550 |" in page and "**+0.100**" in page
+    assert "| copa | 500 | 0.525 | 0.550 | 0.500 |" in page and "| **mean** | | **0.525** |" in page
     assert "- **대한민국은**" in page and "| train |" in page
     assert (out / "report_curves.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -239,15 +239,15 @@ def test_eval_ppl_and_kobest_on_an_imported_model_equal_transformers(name, impor
     assert main(["eval", "kobest", str(run), "--tasks", "sentineg", "--data-dir", str(tmp_path / "kobest"),
                  "--device", "cpu", "--out", str(tmp_path / "kobest.json")]) == 0
     result = json.loads((tmp_path / "kobest.json").read_text(encoding="utf-8"))["tasks"]["sentineg"]
-    assert result["examples"] == 2 and 0 <= result["acc"] <= 1 and math.isfinite(result["centred"])
-    # one choice's log-likelihood: the prompt as transformers tokenizes it (with the same prefix), the choice
+    assert result["examples"] == 2 and 0 <= result["acc"] <= 1 and 0 <= result["f1"] <= 1
+    # one choice's request as lm-eval's HFLM builds it: the context as transformers tokenizes it (with the
+    # tokenizer's own BOS, if it adds one: none for Qwen), the continuation what follows it in the whole text
     example = read_examples(TASKS["sentineg"], tmp_path / "kobest", "dev")[0]
     request = choice_requests(load_model(run, CPU).tokenizer, [example], [example.prompt])[1]
     context = hf_tok(example.prompt)["input_ids"]
-    if hf_tok.bos_token_id is None:
-        context = [hf.generation_config.bos_token_id or hf_tok.eos_token_id, *context]
-    choice = hf_tok(example.choices[1], add_special_tokens=False)["input_ids"]
+    choice = hf_tok(example.prompt + " " + example.choices[1])["input_ids"][len(context):]
     assert (list(request.context), list(request.continuation)) == (context, choice)
+    assert (hf_tok.bos_token_id in context) == (name != "qwen2")
     ours = continuation_logprobs(load_model(run, CPU).model, [request])[0]
     assert ours == pytest.approx(_loglik(hf, context + choice, len(context)), abs=1e-4)
 

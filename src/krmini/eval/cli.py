@@ -13,7 +13,7 @@ from krmini.argtypes import NON_NEGATIVE_INT, POSITIVE_INT, SEED
 from krmini.device import pick_device
 from krmini.errors import KrminiError
 from krmini.eval.domain import DEFAULT_PROMPTS, default_base, format_domain, measure, plot_domain, read_texts
-from krmini.eval.kobest import DEFAULT_KOBEST_DIR, TASKS, evaluate_kobest, parse_tasks
+from krmini.eval.kobest import DEFAULT_KOBEST_DIR, SPLITS, TASKS, evaluate_kobest, parse_tasks
 from krmini.eval.ppl import DEFAULT_PPL_DATA, perplexity, read_eval_texts
 from krmini.eval.report import format_kobest, register_report
 from krmini.eval.results import results_dir, write_json
@@ -36,17 +36,20 @@ def register(subparsers) -> None:
     _add_common(ppl)
     ppl.set_defaults(func=run_ppl)
 
-    kb = sub.add_parser("kobest", help="KoBEST accuracy and macro-F1 by log-likelihood (zero/few-shot)",
-                        description="Score KoBEST tasks by comparing the log-likelihood of each answer choice. "
+    kb = sub.add_parser("kobest", help="KoBEST macro-F1 and accuracy by log-likelihood, as lm-eval's kobest_* tasks",
+                        description="Score KoBEST tasks by comparing the log-likelihood of each answer choice, "
+                        "with lm-evaluation-harness's kobest_* prompts, tokenization and metrics. "
                         f"Expects DIR/<task>/<split>.tsv as distributed (default DIR: {DEFAULT_KOBEST_DIR}).")
     kb.add_argument("model", metavar="RUN_OR_CKPT")
     kb.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated (default: {','.join(TASKS)})")
-    kb.add_argument("--split", default="dev", help="dev (default) or train")
+    kb.add_argument("--split", default="dev", choices=SPLITS,
+                    help="dev (default; lm-eval's validation), test (the split lm-eval scores and published "
+                    "KoBEST figures use; not in the default DIR) or train")
     kb.add_argument("--shots", type=NON_NEGATIVE_INT, default=0,
                     help="solved train examples before each question (default: 0)")
     kb.add_argument("--limit", type=POSITIVE_INT, help="only the first N examples of each task")
     kb.add_argument("--data-dir", default=str(DEFAULT_KOBEST_DIR), help=f"default: {DEFAULT_KOBEST_DIR}")
-    kb.add_argument("--seed", type=SEED, default=1234, help="few-shot sampling seed, 0 … 2^64-1 (default: 1234)")
+    kb.add_argument("--seed", type=SEED, default=1234, help="few-shot sampling seed, 0 … 2^64-1 (default: 1234, lm-eval's)")
     _add_common(kb)
     kb.set_defaults(func=run_kobest)
 

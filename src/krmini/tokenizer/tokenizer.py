@@ -166,8 +166,10 @@ class KoTokenizer:
             return [self.bos_id, *self.encode(text)]
         return self.tok.encode(text, add_special_tokens=True).ids
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+    def encode_batch(self, texts: list[str], add_special_tokens: bool = False) -> list[list[int]]:
+        """With `add_special_tokens`, what the tokenizer's own post-processor adds, as `transformers`'
+        tokenizer(text) does: nothing for ours (no post-processor), a BOS for Llama 3 or Mistral."""
+        return [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=add_special_tokens)]
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
