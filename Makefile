@@ -1,10 +1,11 @@
 # `make demo` and `make test` (fast); `make test-integration` (builds and installs the wheel, fuzzes the
-# server's OpenAPI schema with schemathesis: minutes).
+# server's OpenAPI schema with schemathesis, runs the llama.cpp tests: minutes).
 # All build .venv first (CPU torch, no CUDA download).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+GGUF_STAMP := $(VENV)/.installed-gguf
 
 .PHONY: demo test test-integration lint venv clean
 
@@ -26,8 +27,13 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -n auto --maxprocesses=4
 
-test-integration: $(STAMP)
-	$(PY) -m pytest -q -m integration
+# llama-cpp-python compiles llama.cpp when it installs (minutes), so only this target installs it, once.
+$(GGUF_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[gguf]'
+	touch $(GGUF_STAMP)
+
+test-integration: $(STAMP) $(GGUF_STAMP)
+	$(PY) -m pytest -q -m 'integration or llama_cpp'
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
