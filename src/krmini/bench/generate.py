@@ -14,7 +14,6 @@ embedding table, of which a token reads one row.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import importlib.util
 import resource
@@ -341,14 +340,6 @@ def _model_from_args(args) -> tuple[LlamaModel, str, object]:
     return LlamaModel(cfg).eval(), f"preset {args.preset} (random init, vocab {cfg.vocab_size})", vocab
 
 
-def _dtypes(text: str) -> tuple[str, ...]:
-    names = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
-    bad = [n for n in names if n not in OURS_DTYPES]
-    if bad or not names:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(OURS_DTYPES)}, got {text!r}")
-    return names
-
-
 def register(subparsers) -> None:
     p = subparsers.add_parser("generate", help="prefill/decode speed: ours (fp32/bf16/int8) vs transformers "
                               "and llama.cpp",
@@ -363,8 +354,8 @@ def register(subparsers) -> None:
     p.add_argument("--no-hf", action="store_true", help="skip the transformers comparison")
     p.add_argument("--no-llama-cpp", action="store_true", help="skip the llama.cpp comparison")
     p.add_argument("--no-compile", action="store_true", help="skip our rows with the decode step compiled")
-    p.add_argument("--dtypes", type=_dtypes, default=OURS_DTYPES, metavar="LIST",
-                   help=f"comma-separated precisions to measure, of {','.join(OURS_DTYPES)} (default: all)")
+    p.add_argument("--dtype", action="append", choices=OURS_DTYPES, dest="dtypes",
+                   help="measure only this precision (repeat for several; default: all)")
     p.add_argument("--profile", action="store_true", help="also print the top ops of a bf16 decode step")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=run)
@@ -376,7 +367,7 @@ def run(args) -> int:
     model, label, gguf_vocab = _model_from_args(args)
     results = run_benchmark(model, label, args.threads, args.new_tokens, args.prompt_tokens, args.repeats,
                             not args.no_hf, gguf_vocab, compiled=() if args.no_compile else OURS_DTYPES,
-                            dtypes=args.dtypes)
+                            dtypes=tuple(args.dtypes or OURS_DTYPES))
     print(format_table(results))
     if args.profile:
         bf16 = fuse_for_decoding(copy.deepcopy(model).to(torch.bfloat16))
