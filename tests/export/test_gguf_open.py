@@ -4,12 +4,13 @@ q/k norms, Llama 3's RoPE factors, the byte-level vocabulary with its merges and
 ids, chat template), and where llama-cpp-python is installed, llama.cpp tokenises a Korean prompt to the
 checkpoint tokenizer's ids and greedy-generates our engine's tokens.
 
-The fp32 round trip of every family runs in `make test` (tiny models: well under a second each, skipped
-without llama-cpp-python); f16 and q8_0 round trips are `integration`.
+The fp32 round trip of every family runs in `make test` (tiny models; skipped without llama-cpp-python) and
+must match all 32 tokens; the f16 (first 16 tokens) and q8_0 (first 4) round trips are `integration`.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -143,7 +144,10 @@ def test_modelfile_for_our_model(tiny_run, tmp_path):
     assert 'PARAMETER stop "<|end|>"' in text and 'PARAMETER stop "<|eos|>"' in text
 
 
-def _round_trip(imported, tmp_path, name, kind):
+def _round_trip(imported, tmp_path, name, kind, agree):
+    """llama.cpp's greedy tokens from the GGUF equal ours on the first `agree` of 32 (at f16 ours runs with
+    its matrices rounded to f16 as the file stores them; llama.cpp also rounds activations, so a near tie
+    may go the other way later)."""
     llama_cpp = pytest.importorskip(
         "llama_cpp", reason="llama-cpp-python not installed (compiles llama.cpp: pip install 'krmini[gguf]')")
     loaded = load_model(imported(name)[1], CPU)
@@ -152,24 +156,30 @@ def _round_trip(imported, tmp_path, name, kind):
                           verbose=False)
     prompt = loaded.tokenizer.encode_prompt(PROMPT)
     assert llm.tokenize(PROMPT.encode("utf-8"), add_bos=True) == prompt
-    ours = list(generate_ids(loaded.model, prompt, SamplingConfig(max_new_tokens=32, temperature=0)))
+    model = copy.deepcopy(loaded.model)
+    if kind == "f16":
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() == 2:
+                    p.copy_(p.half().float())
+    ours = list(generate_ids(model, prompt, SamplingConfig(max_new_tokens=32, temperature=0)))
     theirs = []
     for token in llm.generate(prompt, temp=0.0, top_k=1, repeat_penalty=1.0):
         theirs.append(token)
         if len(theirs) == 32:
             break
-    assert len(ours) == 32 and theirs == ours
+    assert len(ours) == 32 and theirs[:agree] == ours[:agree]
 
 
 @pytest.mark.llama_cpp
 @pytest.mark.parametrize("name", NAMES)
 def test_llama_cpp_tokenises_and_generates_as_we_do(imported, tmp_path, name):
-    _round_trip(imported, tmp_path, name, "f32")
+    _round_trip(imported, tmp_path, name, "f32", 32)
 
 
 @pytest.mark.llama_cpp
 @pytest.mark.integration
-@pytest.mark.parametrize("kind", ["f16", "q8_0"])
+@pytest.mark.parametrize(("kind", "agree"), [("f16", 16), ("q8_0", 4)])
 @pytest.mark.parametrize("name", ["llama3", "qwen2"])
-def test_llama_cpp_round_trip_at_lower_precision(imported, tmp_path, name, kind):
-    _round_trip(imported, tmp_path, name, kind)
+def test_llama_cpp_round_trip_at_lower_precision(imported, tmp_path, name, kind, agree):
+    _round_trip(imported, tmp_path, name, kind, agree)
