@@ -1,10 +1,11 @@
 # `make demo` and `make test` (fast); `make test-integration` (builds and installs the wheel, fuzzes the
-# server's OpenAPI schema with schemathesis: minutes).
+# server's OpenAPI schema with schemathesis, runs the llama.cpp tests: minutes).
 # All build .venv first (CPU torch, no CUDA download).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+GGUF_STAMP := $(VENV)/.installed-gguf
 
 .PHONY: demo test test-integration lint venv clean
 
@@ -26,15 +27,20 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -n auto --maxprocesses=4
 
-# lm-evaluation-harness, which the KoBEST integration test runs beside `krmini eval kobest`
+# llama-cpp-python compiles llama.cpp when it installs (minutes), so only this target installs it, once;
+# lm-evaluation-harness, which the KoBEST integration test runs beside `krmini eval kobest`, likewise.
 LMEVAL_STAMP := $(VENV)/.installed-lmeval
+
+$(GGUF_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[gguf]'
+	touch $(GGUF_STAMP)
 
 $(LMEVAL_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e '.[lmeval]'
 	touch $(LMEVAL_STAMP)
 
-test-integration: $(STAMP) $(LMEVAL_STAMP)
-	$(PY) -m pytest -q -m integration
+test-integration: $(STAMP) $(GGUF_STAMP) $(LMEVAL_STAMP)
+	$(PY) -m pytest -q -m 'integration or llama_cpp'
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

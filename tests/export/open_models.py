@@ -267,23 +267,27 @@ def _randomise(model: torch.nn.Module, seed: int) -> None:
                 p.copy_(1 + torch.randn(p.shape, generator=gen) * 0.2)
 
 
-def write_checkpoint(family: Family, tok: Tokenizer, out: Path, seed: int = 0) -> Path:
+def write_checkpoint(family: Family, tok: Tokenizer, out: Path, seed: int = 0, shape: dict | None = None,
+                     dtype: torch.dtype = torch.float32) -> Path:
     """A Hugging Face directory as the Hub has it: config.json, safetensors (sharded with an index
-    where `family.shard`), generation_config.json, tokenizer.json, tokenizer_config.json."""
+    where `family.shard`), generation_config.json, tokenizer.json, tokenizer_config.json.
+
+    `shape` overrides the config (a real model's sizes, for a benchmark); the weights are saved in `dtype`."""
     import transformers as tf
 
     ids = {t: tok.token_to_id(t) for t in family.specials}
     cfg = family.tokenizer_config
     bos = ids.get(cfg.get("bos_token"))
     eos = [ids[t] for t in family.generation_eos]
-    options = {"max_position_embeddings": 128, **family.config}
+    options = {"max_position_embeddings": 128, "vocab_size": tok.get_vocab_size() + family.extra_vocab,
+               "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+               "num_key_value_heads": 2, "rms_norm_eps": 1e-6, "initializer_range": 0.1, **family.config, **(shape or {})}
     config = getattr(tf, family.config_class)(
-        vocab_size=tok.get_vocab_size() + family.extra_vocab, hidden_size=64, intermediate_size=128,
-        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6,
-        initializer_range=0.1, bos_token_id=bos, eos_token_id=eos if len(eos) > 1 else eos[0], **options)
+        bos_token_id=bos, eos_token_id=eos if len(eos) > 1 else eos[0], **options)
     torch.manual_seed(seed)
     model = tf.AutoModelForCausalLM.from_config(config)
     _randomise(model, seed)
+    model.to(dtype)
     model.generation_config = tf.GenerationConfig(bos_token_id=bos, eos_token_id=eos,
                                                   pad_token_id=ids.get(cfg.get("pad_token")))
     model.save_pretrained(out, max_shard_size="100KB" if family.shard else "1GB")

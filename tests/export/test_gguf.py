@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from krmini.cli import main
-from krmini.export.gguf import export_gguf, interleave_rope_rows, spm_vocab
+from krmini.export.gguf import export_gguf, interleave_rope_rows
+from krmini.export.gguf_vocab import spm_vocab
 from krmini.infer.generate import SamplingConfig, generate_ids
 from krmini.infer.load import load_model
 from krmini.model import ModelConfig
@@ -148,6 +149,7 @@ def test_a_directory_target_gets_the_file_inside_it(tiny_run, tmp_path, capsys):
     assert "lies inside the input" in capsys.readouterr().err and not (tiny_run / f"{tiny_run.name}-f16.gguf").exists()
 
 
+@pytest.mark.llama_cpp
 @pytest.mark.parametrize("kind", ["f32", "f16", "bf16"])
 def test_llama_cpp_reproduces_our_greedy_tokens(loaded, tmp_path, kind):
     llama_cpp = pytest.importorskip(

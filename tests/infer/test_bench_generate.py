@@ -55,6 +55,7 @@ def test_benchmark_adds_our_rows_with_the_decode_step_compiled(small_model, monk
     assert "ours-bf16-compile / hf-bf16: prefill" in table and "compile time (batch 1 and 8" in table
 
 
+@pytest.mark.llama_cpp
 def test_benchmark_runs_llama_cpp_on_the_gguf_export(small_model):
     pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (compiles llama.cpp: pip install 'krmini[gguf]')")
     r = run_benchmark(small_model, "micro", threads=1, new_tokens=4, prompt_tokens=512, repeats=1, with_hf=False,

@@ -132,7 +132,7 @@ def placeholder_vocab(vocab_size: int):
     """A GGUF vocabulary for a model without a tokenizer (a random preset): the benchmark feeds ids."""
     import gguf
 
-    from krmini.export.gguf import GGUFVocab
+    from krmini.export.gguf_vocab import GGUFVocab
     from krmini.tokenizer.tokenizer import BYTE_TOKENS
 
     tokens = ["<|pad|>", "<|bos|>", "<|eos|>", *BYTE_TOKENS]
@@ -142,8 +142,9 @@ def placeholder_vocab(vocab_size: int):
     return GGUFVocab(tokens[:vocab_size], [0.0] * vocab_size, [int(t) for t in types[:vocab_size]], 1, 2, 0)
 
 
-def llama_cpp_variants(model: LlamaModel, vocab, threads: int, workdir: Path) -> dict[str, dict]:
-    """The GGUF export at each precision, loaded by llama-cpp-python."""
+def llama_cpp_variants(model: LlamaModel, vocab, threads: int, workdir: Path,
+                       dtypes: tuple[str, ...] = OURS_DTYPES) -> dict[str, dict]:
+    """The GGUF export at each precision of `dtypes`, loaded by llama-cpp-python."""
     import gguf
     import llama_cpp
 
@@ -152,6 +153,8 @@ def llama_cpp_variants(model: LlamaModel, vocab, threads: int, workdir: Path) ->
     variants = {}
     context = model.config.max_position_embeddings
     for name, kind in (("fp32", "f32"), ("bf16", "bf16"), ("int8", "q8_0")):
+        if name not in dtypes:
+            continue
         path = write_gguf(model, vocab, workdir / f"model-{kind}.gguf", kind)
         llm = llama_cpp.Llama(model_path=str(path), n_ctx=context, n_batch=context, n_threads=threads,
                               n_threads_batch=threads, verbose=False)
@@ -163,14 +166,17 @@ def llama_cpp_variants(model: LlamaModel, vocab, threads: int, workdir: Path) ->
     return variants
 
 
-def build_variants(model: LlamaModel, with_hf: bool, compiled: tuple[str, ...]) -> dict[str, dict]:
+def build_variants(model: LlamaModel, with_hf: bool, compiled: tuple[str, ...],
+                   dtypes: tuple[str, ...] = OURS_DTYPES) -> dict[str, dict]:
     """name → {"model", "kind" (ours|hf), "dtype", "weights" (bytes in memory), "read" (bytes read per
     token), "disk"} built from one fp32 model; ours are fused for decoding as `krmini generate` fuses
     them, and ours of the dtypes in `compiled` also run with the decode step compiled (`"decoder"`,
-    `krmini generate --compile`)."""
+    `krmini generate --compile`). Only the precisions in `dtypes` are built (a large model's copies add up)."""
     model = model.float().eval()
     variants = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        if name not in dtypes:
+            continue
         m = copy.deepcopy(model).to(dtype)
         disk, weights, read = _disk_bytes(model_tensors(m)), _weight_bytes(m), _read_bytes(m)
         variants[f"ours-{name}"] = {"model": fuse_for_decoding(copy.deepcopy(m)), "kind": "ours", "dtype": name,
@@ -186,10 +192,11 @@ def build_variants(model: LlamaModel, with_hf: bool, compiled: tuple[str, ...]) 
             hf.generation_config.pad_token_id = 0
             variants[f"hf-{name}"] = {"model": hf, "kind": "hf", "dtype": name, "disk": disk, "weights": weights,
                                       "read": read}
-    q = quantize_model(copy.deepcopy(model)).to(torch.bfloat16)
-    variants["ours-int8"] = {"model": fuse_for_decoding(q), "kind": "ours", "dtype": "int8",
-                             "disk": _disk_bytes(int8_tensors(q)), "weights": _weight_bytes(q), "read": _read_bytes(q)}
-    for dtype in compiled:
+    if "int8" in dtypes:
+        q = quantize_model(copy.deepcopy(model)).to(torch.bfloat16)
+        variants["ours-int8"] = {"model": fuse_for_decoding(q), "kind": "ours", "dtype": "int8",
+                                 "disk": _disk_bytes(int8_tensors(q)), "weights": _weight_bytes(q), "read": _read_bytes(q)}
+    for dtype in (d for d in compiled if d in dtypes):
         plain = variants[f"ours-{dtype}"]
         variants[f"ours-{dtype}-compile"] = plain | {"decoder": CompiledDecoder(plain["model"])}
     return variants
@@ -217,8 +224,9 @@ def _speed_ratios(row: dict, other: dict) -> dict[str, float]:
 
 def run_benchmark(model: LlamaModel, label: str, threads: int, new_tokens: int, prompt_tokens: int,
                   repeats: int, with_hf: bool, gguf_vocab=None, bandwidth_mb: int = 512,
-                  compiled: tuple[str, ...] = OURS_DTYPES) -> dict:
-    """`gguf_vocab`: the vocabulary for the llama.cpp rows (None: no llama.cpp rows)."""
+                  compiled: tuple[str, ...] = OURS_DTYPES, dtypes: tuple[str, ...] = OURS_DTYPES) -> dict:
+    """`gguf_vocab`: the vocabulary for the llama.cpp rows (None: no llama.cpp rows); `dtypes`: the
+    precisions measured (every engine's row of each)."""
     torch.set_num_threads(threads)
     cfg = model.config
     context = cfg.max_position_embeddings
@@ -233,11 +241,11 @@ def run_benchmark(model: LlamaModel, label: str, threads: int, new_tokens: int, 
     prefill_ids = torch.randint(vocab.start, vocab.stop, (prefill_len,), generator=gen).tolist()
     decode_ids = torch.randint(vocab.start, vocab.stop, (8, decode_len), generator=gen).tolist()
 
-    variants = build_variants(model, with_hf, compiled)
+    variants = build_variants(model, with_hf, compiled, dtypes)
     compile_decoders(variants, decode_ids, new_tokens)
     with tempfile.TemporaryDirectory() as tmp:
         if gguf_vocab is not None:
-            variants |= llama_cpp_variants(model, gguf_vocab, threads, Path(tmp))
+            variants |= llama_cpp_variants(model, gguf_vocab, threads, Path(tmp), dtypes)
         samples: dict[str, list[dict]] = {name: [] for name in variants}
         bandwidths = []  # measured in every repeat too: the machine's bandwidth moves between phases
         for _ in range(repeats):
@@ -317,11 +325,11 @@ def _model_from_args(args) -> tuple[LlamaModel, str, object]:
     if not with_llama_cpp and not args.no_llama_cpp:
         print("llama.cpp: skipped (llama-cpp-python not installed: pip install 'krmini[gguf]')")
     if args.model:
-        from krmini.export.gguf import spm_vocab
+        from krmini.export.gguf_vocab import gguf_vocab
         from krmini.infer.load import load_model
 
         loaded = load_model(args.model, torch.device("cpu"))
-        vocab = spm_vocab(loaded.tokenizer, loaded.model.config.vocab_size) if with_llama_cpp else None
+        vocab = gguf_vocab(loaded.tokenizer, loaded.model.config.vocab_size) if with_llama_cpp else None
         return loaded.model, str(loaded.path), vocab
     from krmini.train.config import load_run_config
 
@@ -346,6 +354,8 @@ def register(subparsers) -> None:
     p.add_argument("--no-hf", action="store_true", help="skip the transformers comparison")
     p.add_argument("--no-llama-cpp", action="store_true", help="skip the llama.cpp comparison")
     p.add_argument("--no-compile", action="store_true", help="skip our rows with the decode step compiled")
+    p.add_argument("--dtype", action="append", choices=OURS_DTYPES, dest="dtypes",
+                   help="measure only this precision (repeat for several; default: all)")
     p.add_argument("--profile", action="store_true", help="also print the top ops of a bf16 decode step")
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=run)
@@ -356,7 +366,8 @@ def run(args) -> int:
         check_output(args.json, "file", checkpoint_files(resolve_checkpoint(args.model)) if args.model else [])
     model, label, gguf_vocab = _model_from_args(args)
     results = run_benchmark(model, label, args.threads, args.new_tokens, args.prompt_tokens, args.repeats,
-                            not args.no_hf, gguf_vocab, compiled=() if args.no_compile else OURS_DTYPES)
+                            not args.no_hf, gguf_vocab, compiled=() if args.no_compile else OURS_DTYPES,
+                            dtypes=tuple(args.dtypes or OURS_DTYPES))
     print(format_table(results))
     if args.profile:
         bf16 = fuse_for_decoding(copy.deepcopy(model).to(torch.bfloat16))

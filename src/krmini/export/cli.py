@@ -6,9 +6,11 @@ from pathlib import Path
 
 import torch
 
-from krmini.export.gguf import GGUF_TYPES, export_gguf
+from krmini.export.gguf import GGUF_TYPES, export_gguf, gguf_path
 from krmini.export.hf import export_hf, import_hf
+from krmini.export.ollama import modelfile_path, modelfile_text
 from krmini.infer.load import load_model
+from krmini.runs import check_target, run_dir, staged_file
 
 
 def register(subparsers) -> None:
@@ -23,11 +25,14 @@ def register(subparsers) -> None:
     hf.set_defaults(func=run_export_hf)
 
     gg = sub.add_parser("gguf", help="one GGUF file for llama.cpp / llama-cpp-python / Ollama",
-                        description="Write a GGUF file (architecture llama, SentencePiece-style vocabulary).")
+                        description="Write a GGUF file: architecture llama (ours, Llama 3.x, SmolLM2, Mistral), "
+                        "qwen2 or qwen3, with the model's tokenizer, stop ids and chat template.")
     gg.add_argument("model", metavar="RUN_OR_CKPT")
     gg.add_argument("out", metavar="OUT.gguf")
     gg.add_argument("--type", default="f16", choices=GGUF_TYPES, help="weight type (default: f16)")
-    gg.add_argument("--force", action="store_true", help="replace OUT.gguf if it exists")
+    gg.add_argument("--force", action="store_true", help="replace OUT.gguf (and OUT.Modelfile) if it exists")
+    gg.add_argument("--modelfile", action="store_true",
+                    help="also write OUT.Modelfile for Ollama (ollama create NAME -f OUT.Modelfile)")
     gg.set_defaults(func=run_export_gguf)
 
     imp = subparsers.add_parser("import", help="가져오기 / import a Hugging Face checkpoint (Llama, Qwen, Mistral) as a run")
@@ -53,8 +58,17 @@ def run_export_hf(args) -> int:
 def run_export_gguf(args) -> int:
     loaded = load_model(args.model, torch.device("cpu"))
     name = Path(args.model).resolve().name
+    modelfile = None
+    if args.modelfile:  # the chat format is checked, and the target, before the (slow) export
+        modelfile = modelfile_path(gguf_path(Path(args.out), name, args.type))
+        text = modelfile_text(loaded.tokenizer, gguf_path(Path(args.out), name, args.type).name)
+        check_target(modelfile, args.force, [run_dir(loaded.path)], kind="file")
     out = export_gguf(loaded, Path(args.out), args.type, args.force, name=name)
     print(f"GGUF ({args.type}) → {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    if modelfile is not None:
+        with staged_file(modelfile, args.force, [run_dir(loaded.path)]) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+        print(f"Ollama Modelfile → {modelfile} (ollama create {name} -f {modelfile})")
     return 0
 
 

@@ -1,42 +1,48 @@
-"""Our model → one GGUF file for llama.cpp, llama-cpp-python and Ollama (architecture "llama").
+"""A model → one GGUF file for llama.cpp, llama-cpp-python and Ollama.
 
-Two things differ from the Hugging Face layout:
+The architecture llama.cpp runs is the one whose arithmetic the model's switches match (as for the
+Hugging Face export, `krmini.export.hf_config.export_family`):
 
-* RoPE pairs. We (like HF) rotate the pair (x_i, x_{i+d/2}) — the two halves of each head; llama.cpp
-  rotates adjacent pairs (x_{2i}, x_{2i+1}). Permuting the rows of q_proj and k_proj per head so
-  that row i+d/2 sits next to row i gives identical attention scores (q·k is a sum over the same
-  pairs); v and the output projection are untouched.
-* The tokenizer. llama.cpp's "llama" (SentencePiece-style) tokenizer starts from characters and
-  repeatedly merges the adjacent pair whose concatenation is in the vocabulary with the highest
-  score, falling back to `<0xNN>` byte tokens. Scoring each merged token by minus the rank of the
-  BPE merge that created it makes that procedure follow our BPE merge order, so no merges list is
-  needed ("gpt2" BPE in llama.cpp means byte-level BPE, which our vocabulary is not). Our
-  pre-tokenizer never lets a token span a space or a digit, and it adds no leading "▁", hence
-  `add_space_prefix = false`.
+    ours, Llama 3.x, SmolLM2, Mistral   "llama"   (Llama 3.x's rescaled RoPE as a `rope_freqs` tensor)
+    Qwen2/2.5 (q/k/v biases)            "qwen2"
+    Qwen3 (q/k RMSNorm per head)        "qwen3"   (its own head_dim: key_length / value_length)
 
-Types: f32 everything; f16 or bf16 for matrices (norms stay f32; bf16 keeps a bf16 model's bits
-exactly); q8_0 for matrices whose rows are a multiple of 32 (others f16), as llama.cpp's own
-converter does.
+RoPE pairs. We (like HF) rotate the pair (x_i, x_{i+d/2}) — the two halves of each head. llama.cpp's
+"llama" rotates adjacent pairs (x_{2i}, x_{2i+1}): permuting the rows of q_proj and k_proj (and their
+biases) per head so that row i+d/2 sits next to row i gives identical attention scores (q·k is a sum
+over the same pairs); v and the output projection are untouched. "qwen2" and "qwen3" rotate halves as
+we do, so their weights go as they are. Llama 3's long-context RoPE divides each frequency by a factor;
+llama.cpp reads those factors from `rope_freqs.weight` (one per pair) and divides likewise.
+
+Tied embeddings: no `output.weight`; llama.cpp then reads the embedding as the output projection.
+
+The tokenizer (`krmini.export.gguf_vocab`): ours as a SentencePiece-style vocabulary, an imported
+model's byte-level BPE as llama.cpp's "gpt2" with its merges and pre-tokenizer type. The chat
+template, the stop ids and whether a prompt starts with BOS come with it.
+
+Types: f32 everything; f16 or bf16 for matrices (norms, biases and RoPE factors stay f32; bf16 keeps a
+bf16 model's bits exactly); q8_0 for matrices whose rows are a multiple of 32 (others f16), as
+llama.cpp's own converter does.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from krmini.errors import KrminiError
+from krmini.export.gguf_vocab import GGUFVocab, gguf_vocab
+from krmini.export.hf_config import export_family
 from krmini.infer.load import LoadedModel
 from krmini.model import LlamaModel
+from krmini.model.llama import llama3_frequencies
 from krmini.runs import run_dir, staged_file
-from krmini.tokenizer import KoTokenizer
-from krmini.tokenizer.tokenizer import BYTE_TOKENS, SPECIAL_TOKENS
 
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
 Q8_BLOCK = 32
+ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
 
 
 def _gguf():
@@ -47,71 +53,57 @@ def _gguf():
     return gguf
 
 
+def gguf_architecture(model: LlamaModel) -> str:
+    """llama.cpp's architecture for the model's switches; one it cannot express is refused."""
+    arch = ARCHITECTURES[export_family(model.config)]
+    if model.config.rope_scaling is not None and arch != "llama":
+        raise KrminiError(f"model: rope_scaling with {arch}'s layout (q/k/v biases or q/k norms) has no llama.cpp "
+                          "architecture; cannot export GGUF")
+    return arch
+
+
 def interleave_rope_rows(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
     """Reorder each head's rows from half-split (i, i+d/2) to adjacent pairs (2i, 2i+1)."""
-    rows, cols = weight.shape
+    rows = weight.shape[0]
     half = rows // n_heads // 2
-    return weight.reshape(n_heads, 2, half, cols).transpose(1, 2).reshape(rows, cols)
+    return weight.reshape(n_heads, 2, half, -1).transpose(1, 2).reshape(weight.shape)
+
+
+def rope_factors(model: LlamaModel) -> torch.Tensor:
+    """Per pair, the number llama.cpp divides the RoPE frequency by (Llama 3's scaling)."""
+    c = model.config
+    base = 1.0 / (c.rope_theta ** (torch.arange(0, c.head_dim, 2, dtype=torch.float32) / c.head_dim))
+    return base / llama3_frequencies(base, c.rope_scaling)
 
 
 def gguf_tensors(model: LlamaModel) -> dict[str, torch.Tensor]:
-    """Weights under llama.cpp's tensor names, q/k rows permuted for its RoPE."""
+    """Weights under llama.cpp's tensor names; for "llama", q/k rows (and biases) permuted for its RoPE."""
     c = model.config
+    arch = gguf_architecture(model)
     sd = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
     out = {"token_embd.weight": sd["model.embed_tokens.weight"], "output_norm.weight": sd["model.norm.weight"]}
     if not c.tie_word_embeddings:
         out["output.weight"] = sd["lm_head.weight"]
+    if c.rope_scaling is not None:
+        out["rope_freqs.weight"] = rope_factors(model)
+
+    def rope_rows(t: torch.Tensor, heads: int) -> torch.Tensor:
+        return interleave_rope_rows(t, heads) if arch == "llama" else t
+
     for i in range(c.num_hidden_layers):
-        p = f"model.layers.{i}."
-        out |= {
-            f"blk.{i}.attn_norm.weight": sd[p + "input_layernorm.weight"],
-            f"blk.{i}.attn_q.weight": interleave_rope_rows(sd[p + "self_attn.q_proj.weight"], c.num_attention_heads),
-            f"blk.{i}.attn_k.weight": interleave_rope_rows(sd[p + "self_attn.k_proj.weight"], c.num_key_value_heads),
-            f"blk.{i}.attn_v.weight": sd[p + "self_attn.v_proj.weight"],
-            f"blk.{i}.attn_output.weight": sd[p + "self_attn.o_proj.weight"],
-            f"blk.{i}.ffn_norm.weight": sd[p + "post_attention_layernorm.weight"],
-            f"blk.{i}.ffn_gate.weight": sd[p + "mlp.gate_proj.weight"],
-            f"blk.{i}.ffn_up.weight": sd[p + "mlp.up_proj.weight"],
-            f"blk.{i}.ffn_down.weight": sd[p + "mlp.down_proj.weight"],
-        }
+        p, b = f"model.layers.{i}.", f"blk.{i}."
+        names = {"attn_norm": "input_layernorm", "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
+                 "ffn_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+                 "ffn_down": "mlp.down_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"}
+        for ours, theirs in names.items():
+            for kind in ("weight", "bias"):
+                if f"{p}{theirs}.{kind}" in sd:
+                    out[f"{b}{ours}.{kind}"] = sd[f"{p}{theirs}.{kind}"]
+        for ours, theirs, heads in (("attn_q", "q_proj", c.num_attention_heads), ("attn_k", "k_proj", c.num_key_value_heads)):
+            for kind in ("weight", "bias"):
+                if f"{p}self_attn.{theirs}.{kind}" in sd:
+                    out[f"{b}{ours}.{kind}"] = rope_rows(sd[f"{p}self_attn.{theirs}.{kind}"], heads)
     return out
-
-
-@dataclass
-class GGUFVocab:
-    """What llama.cpp's "llama" tokenizer reads: one token, score and type per id, and the special ids."""
-
-    tokens: list[str]
-    scores: list[float]
-    types: list[int]
-    bos_id: int
-    eos_id: int
-    pad_id: int
-
-
-def spm_vocab(tokenizer: KoTokenizer, vocab_size: int) -> GGUFVocab:
-    """Our tokenizer as llama.cpp's "llama" tokenizer, padded to `vocab_size`."""
-    gguf = _gguf()
-    by_id = {i: t for t, i in tokenizer.tok.get_vocab(with_added_tokens=True).items()}
-    merges = json.loads(tokenizer.tok.to_str())["model"]["merges"]
-    scores = {}
-    for rank, merge in enumerate(merges):
-        left, right = merge if isinstance(merge, list) else merge.split(" ", 1)
-        scores.setdefault(left + right, -float(rank + 1))
-    special, byte = set(SPECIAL_TOKENS), set(BYTE_TOKENS)
-    tokens, token_scores, types = [], [], []
-    for i in range(vocab_size):
-        token = by_id.get(i)
-        if token is None:
-            tokens.append(f"<|unused_{i}|>")
-            types.append(gguf.TokenType.UNUSED)
-        else:
-            tokens.append(token)
-            types.append(gguf.TokenType.CONTROL if token in special else
-                         gguf.TokenType.BYTE if token in byte else gguf.TokenType.NORMAL)
-        token_scores.append(scores.get(token, 0.0))
-    return GGUFVocab(tokens, token_scores, [int(t) for t in types], tokenizer.bos_id, tokenizer.eos_id,
-                     tokenizer.pad_id)
 
 
 def _encode(gguf, tensor: torch.Tensor, kind: str) -> tuple[np.ndarray, object]:
@@ -127,16 +119,41 @@ def _encode(gguf, tensor: torch.Tensor, kind: str) -> tuple[np.ndarray, object]:
 
 
 def export_gguf(loaded: LoadedModel, out: Path, kind: str = "f16", force: bool = False, name: str = "krmini") -> Path:
-    """Our own models only: an imported open model's tokenizer and its extra switches are not written here
-    (llama.cpp has its own converter for those families)."""
-    c = loaded.model.config
-    extras = [f for f in ("qkv_bias", "qk_norm") if getattr(c, f)] + (["rope_scaling"] if c.rope_scaling else [])
-    if extras or loaded.tokenizer.foreign is not None:
-        what = ", ".join(extras) if extras else "a foreign tokenizer"
-        raise KrminiError(f"{loaded.path}: an imported open model ({what}); GGUF export covers krmini's own "
-                          "models only (llama.cpp's convert_hf_to_gguf.py converts the original checkpoint)")
-    return write_gguf(loaded.model, spm_vocab(loaded.tokenizer, loaded.model.config.vocab_size), out, kind, force,
-                      name, inputs=[run_dir(loaded.path)])
+    """Ours or an imported open model, with its tokenizer, stop ids and chat template."""
+    gguf_architecture(loaded.model)  # refused before the vocabulary is built
+    vocab = gguf_vocab(loaded.tokenizer, loaded.model.config.vocab_size, f"{run_dir(loaded.path)}/tokenizer")
+    return write_gguf(loaded.model, vocab, out, kind, force, name, inputs=[run_dir(loaded.path)])
+
+
+def gguf_path(out: Path, name: str, kind: str) -> Path:
+    """A directory says where the file goes, as with cp."""
+    return out / f"{name}-{kind}.gguf" if out.is_dir() else out
+
+
+def _write_vocab(writer, vocab: GGUFVocab) -> None:
+    writer.add_tokenizer_model(vocab.model)
+    if vocab.pre is not None:
+        writer.add_tokenizer_pre(vocab.pre)
+    writer.add_token_list(vocab.tokens)
+    if vocab.model == "llama":
+        writer.add_token_scores(vocab.scores)
+    writer.add_token_types(vocab.types)
+    if vocab.merges:
+        writer.add_token_merges(vocab.merges)
+    writer.add_bos_token_id(vocab.bos_id)
+    writer.add_eos_token_id(vocab.eos_id)
+    writer.add_pad_token_id(vocab.pad_id)
+    if vocab.unk_id is not None:
+        writer.add_unk_token_id(vocab.unk_id)
+    # llama.cpp stops at EOS, EOT and EOM (and at tokens it knows by name: <|im_end|>, <|eot_id|>, …)
+    for add, token in zip((writer.add_eot_token_id, writer.add_eom_token_id), vocab.eot_ids, strict=False):
+        add(token)
+    writer.add_add_bos_token(vocab.add_bos)
+    writer.add_add_eos_token(vocab.add_eos)
+    if vocab.model == "llama":
+        writer.add_add_space_prefix(vocab.add_space_prefix)
+    if vocab.chat_template is not None:
+        writer.add_chat_template(vocab.chat_template)
 
 
 def write_gguf(model: LlamaModel, vocab: GGUFVocab, out: Path, kind: str = "f16", force: bool = False,
@@ -145,12 +162,13 @@ def write_gguf(model: LlamaModel, vocab: GGUFVocab, out: Path, kind: str = "f16"
         raise KrminiError(f"--type: expected one of {', '.join(GGUF_TYPES)}, got {kind!r}")
     gguf = _gguf()
     c = model.config
+    arch = gguf_architecture(model)
+    tensors = gguf_tensors(model)
     file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                  "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[kind]
-    if out.is_dir():  # a directory says where the file goes, as with cp
-        out = out / f"{name}-{kind}.gguf"
+    out = gguf_path(out, name, kind)
     with staged_file(out, force, inputs) as tmp:
-        writer = gguf.GGUFWriter(str(tmp), "llama")
+        writer = gguf.GGUFWriter(str(tmp), arch)
         writer.add_name(name)
         writer.add_context_length(c.max_position_embeddings)
         writer.add_embedding_length(c.hidden_size)
@@ -158,22 +176,15 @@ def write_gguf(model: LlamaModel, vocab: GGUFVocab, out: Path, kind: str = "f16"
         writer.add_feed_forward_length(c.intermediate_size)
         writer.add_head_count(c.num_attention_heads)
         writer.add_head_count_kv(c.num_key_value_heads)
+        writer.add_key_length(c.head_dim)
+        writer.add_value_length(c.head_dim)
         writer.add_rope_dimension_count(c.head_dim)
         writer.add_rope_freq_base(c.rope_theta)
         writer.add_layer_norm_rms_eps(c.rms_norm_eps)
         writer.add_vocab_size(c.vocab_size)
         writer.add_file_type(file_type)
-        writer.add_tokenizer_model("llama")
-        writer.add_token_list(vocab.tokens)
-        writer.add_token_scores(vocab.scores)
-        writer.add_token_types(vocab.types)
-        writer.add_bos_token_id(vocab.bos_id)
-        writer.add_eos_token_id(vocab.eos_id)
-        writer.add_pad_token_id(vocab.pad_id)
-        writer.add_add_bos_token(True)
-        writer.add_add_eos_token(False)
-        writer.add_add_space_prefix(False)
-        for tensor_name, tensor in gguf_tensors(model).items():
+        _write_vocab(writer, vocab)
+        for tensor_name, tensor in tensors.items():
             data, dtype = _encode(gguf, tensor, kind)
             writer.add_tensor(tensor_name, data, raw_dtype=dtype)
         writer.write_header_to_file()
