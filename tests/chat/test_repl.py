@@ -13,6 +13,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from krmini.chat.backend import LocalBackend
 from krmini.chat.load import load_chat_model
 from krmini.chat.repl import ChatSession
 from krmini.chat.template import prompt_ids, stop_ids
@@ -32,7 +33,7 @@ def greedy(n: int = 20) -> SamplingConfig:
 
 
 def test_reply_streams_and_history_grows(engine):
-    session = ChatSession(engine, greedy())
+    session = ChatSession(LocalBackend(engine), greedy())
     pieces = list(session.reply("안녕하세요"))
     assert len(pieces) > 1 and all(pieces)
     assert session.history == [{"role": "user", "content": "안녕하세요"}, {"role": "assistant", "content": "".join(pieces)}]
@@ -41,7 +42,7 @@ def test_reply_streams_and_history_grows(engine):
 
 
 def test_commands(engine, capsys):
-    session = ChatSession(engine, greedy())
+    session = ChatSession(LocalBackend(engine), greedy())
     list(session.reply("안녕하세요"))
     assert session.command("/temp 0.3") and session.sampling.temperature == 0.3
     assert session.command("/temp abc") and session.sampling.temperature == 0.3
@@ -55,7 +56,7 @@ def test_commands(engine, capsys):
 
 
 def test_oldest_turns_are_dropped_with_notice(engine):
-    session = ChatSession(engine, greedy(8))
+    session = ChatSession(LocalBackend(engine), greedy(8))
     notices = []
     for i in range(12):
         list(session.reply(f"{i}번째 긴 질문입니다. 오늘 날씨가 정말 좋네요, 산책을 갈까요?", notice=notices.append))
@@ -81,7 +82,7 @@ def _wait(server: str, predicate, timeout: float = 60) -> str:
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (apt-get install -y tmux)")
 def test_korean_typed_in_a_real_terminal_gets_a_reply(chat_run, engine):
-    expected = "".join(ChatSession(engine, greedy()).reply("안녕하세요"))
+    expected = "".join(ChatSession(LocalBackend(engine), greedy()).reply("안녕하세요"))
     assert expected.strip()
     server = f"krmini-test-{uuid.uuid4().hex[:8]}"  # a private tmux server: never touches the user's sessions
     env = {**os.environ, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "OMP_NUM_THREADS": "1"}
@@ -109,16 +110,16 @@ def test_korean_typed_in_a_real_terminal_gets_a_reply(chat_run, engine):
 
 
 def test_stop_strings_end_a_reply(engine):
-    full = "".join(ChatSession(engine, greedy()).reply("안녕하세요"))
+    full = "".join(ChatSession(LocalBackend(engine), greedy()).reply("안녕하세요"))
     assert len(full) >= 4
     stop = full[2:4]
-    session = ChatSession(engine, replace(greedy(), stop=(stop,)))
+    session = ChatSession(LocalBackend(engine), replace(greedy(), stop=(stop,)))
     cut = "".join(session.reply("안녕하세요"))
     assert cut == full[: full.index(stop)] and session.history[-1]["content"] == cut
 
 
 def test_a_bad_temperature_is_one_line_and_the_conversation_survives(engine, capsys):
-    session = ChatSession(engine, greedy())
+    session = ChatSession(LocalBackend(engine), greedy())
     list(session.reply("안녕하세요"))
     for bad in ("nan", "inf", "abc"):
         assert session.command(f"/temp {bad}")
@@ -130,7 +131,7 @@ def test_a_bad_temperature_is_one_line_and_the_conversation_survives(engine, cap
 
 
 def test_a_message_longer_than_the_context_is_one_line_in_the_repl_s_words(engine):
-    session = ChatSession(engine, greedy())
+    session = ChatSession(LocalBackend(engine), greedy())
     with pytest.raises(KrminiError) as caught:
         list(session.reply("안녕하세요 " * 300))
     message, context = str(caught.value), engine.context

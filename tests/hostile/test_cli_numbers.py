@@ -67,7 +67,8 @@ RULES = {
     "model-info": {"--batch": COUNT, "--seq-len": Rule(1, 256)},  # tiny's context
     "train": {"--nproc": THREADS},
     "generate": SAMPLING,
-    "chat": {"--memo-k": COUNT, "--min-coverage": Rule(0, 1), "--dense-weight": NON_NEGATIVE, **SAMPLING},
+    "chat": {"--memo-k": COUNT, "--min-coverage": Rule(0, 1), "--dense-weight": NON_NEGATIVE, "--context": Rule(2),
+             **SAMPLING},
     "lab autograd": {"--seed": SEED, "--threads": THREADS, "--graphs": COUNT, "--depth": COUNT},
     "lab mlp": {"--seed": SEED, "--threads": THREADS, "--steps": COUNT, "--hidden": COUNT, "--lr": POSITIVE},
     "lab digits": {"--seed": SEED, "--threads": THREADS, "--epochs": COUNT, "--hidden": COUNT},

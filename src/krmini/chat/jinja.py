@@ -13,7 +13,8 @@ rather than imitate it; the same environment as transformers' makes the same str
   here a one-line error), `strftime_now(fmt)` (Llama 3.2 puts today's date in its system prompt),
   and a `tojson` that keeps non-ASCII text (Korean) as it is;
 * the variables `messages`, `add_generation_prompt`, `tools`, `documents` and the tokenizer's special
-  tokens by name (`bos_token`, `eos_token`, …).
+  tokens by name (`bos_token`, `eos_token`, …), plus the caller's template options (`--template-option
+  enable_thinking=false` for Qwen3's: transformers' `apply_chat_template(..., **kwargs)`).
 
 The rendered text is tokenized without adding special tokens (the template writes them itself), as
 `apply_chat_template` does; the tests compare the ids with transformers' for each family.
@@ -22,6 +23,7 @@ The rendered text is tokenized without adding special tokens (the template write
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from functools import lru_cache
 
@@ -60,14 +62,42 @@ def compile_template(source: str) -> jinja2.Template:
 
 
 def render_template(source: str, messages: list[dict], add_generation_prompt: bool,
-                    special_tokens: dict[str, str]) -> str:
-    """The conversation as the template writes it. Keys whose value is None are dropped first (as
-    transformers does: many templates test `'key' in message`)."""
+                    special_tokens: dict[str, str], options: dict | None = None) -> str:
+    """The conversation as the template writes it, with `options` as more variables. Keys whose value
+    is None are dropped first (as transformers does: many templates test `'key' in message`)."""
     messages = [{k: v for k, v in m.items() if v is not None} for m in messages]
     try:
-        return compile_template(source).render(messages=messages, add_generation_prompt=add_generation_prompt,
+        return compile_template(source).render(**(options or {}), messages=messages,
+                                               add_generation_prompt=add_generation_prompt,
                                                tools=None, documents=None, **special_tokens)
     except TemplateRejected:
         raise
     except (jinja2.TemplateError, TypeError, ValueError) as exc:  # an undefined name, `'a' + 1`, …
         raise KrminiError(f"chat template: {exc}") from None
+
+
+RESERVED = frozenset({"messages", "add_generation_prompt", "tools", "documents", "raise_exception", "strftime_now"})
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def parse_template_options(items: list[str]) -> dict[str, bool | int | str]:
+    """`KEY=VALUE` strings (`--template-option`) as template variables: true/false are booleans, an
+    integer is an int, anything else the string itself."""
+    options: dict[str, bool | int | str] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not _KEY.match(key):
+            raise KrminiError(f"--template-option {item!r}: expected KEY=VALUE with KEY a name "
+                              "(letters, digits, _), e.g. enable_thinking=false")
+        if key in RESERVED or key.endswith("_token"):
+            raise KrminiError(f"--template-option {key}: set by krmini itself (the conversation, the tokenizer's special "
+                              "tokens or a template function); choose another name")
+        lowered = text.strip().lower()
+        if lowered in ("true", "false"):
+            options[key] = lowered == "true"
+        elif re.fullmatch(r"[+-]?\d+", text.strip()):
+            options[key] = int(text)
+        else:
+            options[key] = text
+    return options

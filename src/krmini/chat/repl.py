@@ -1,8 +1,9 @@
 """`krmini chat`: a terminal chat that streams replies and keeps the conversation.
 
 Input is plain `input()`: with `readline` loaded, line editing and multibyte (Korean IME) input
-work in any UTF-8 terminal. History is re-rendered with the chat template every turn; when it no
-longer fits the context, the oldest exchanges are dropped and the user is told.
+work in any UTF-8 terminal. Replies come from a backend (`krmini.chat.backend`): a model in this
+process or an OpenAI-compatible server, with the same commands. History is counted every turn; when
+it no longer fits the context, the oldest exchanges are dropped and the user is told.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 from krmini.argtypes import SEED_LIMIT
-from krmini.chat.template import fit_history, prompt_budget, prompt_ids
+from krmini.chat.backend import Backend
+from krmini.chat.tasks import listing, task, with_task
+from krmini.chat.template import fit_turns, prompt_budget
 from krmini.errors import KrminiError
-from krmini.infer.engine import Engine, PromptTooLong
 from krmini.infer.sampling import SamplingConfig
 
 try:  # noqa: SIM105 - readline gives input() line editing where the platform has it
@@ -23,16 +25,16 @@ except ImportError:
     pass
 
 HELP = ("명령 / commands: /reset 대화 지우기 (clear history) · /system TEXT 시스템 프롬프트 (set system prompt) · "
-        "/temp X 온도 (temperature) · /exit 끝내기 (quit)")
+        "/temp X 온도 (temperature) · /task NAME 작업 프리셋 (task preset; /task lists them) · /exit 끝내기 (quit)")
 
 
 @dataclass
 class ChatSession:
-    """A conversation through an engine (stopping at the chat template's stop ids): history, system
-    prompt and sampling settings. Replies stream through `Engine.stream`, so stop strings, special
-    tokens and the compiled step behave as in `krmini generate` and the server."""
+    """A conversation through a backend: history, system prompt and sampling settings. A local
+    backend streams through `Engine.stream`, so stop strings, special tokens and the compiled step
+    behave as in `krmini generate` and the server; a remote one asks its server for the same."""
 
-    engine: Engine
+    backend: Backend
     sampling: SamplingConfig
     system: str = ""
     history: list[dict] = field(default_factory=list)
@@ -48,20 +50,16 @@ class ChatSession:
 
     def reply(self, text: str, notice=print) -> Iterator[str]:
         """Stream the reply to `text`; the history keeps both once the reply is complete."""
-        tokenizer, context = self.engine.tokenizer, self.engine.context
+        context = self.backend.context
         budget = prompt_budget(context, self.sampling.max_new_tokens)
-        messages, dropped = fit_history(tokenizer, [*self.messages(), {"role": "user", "content": text}], budget)
+        messages, dropped = fit_turns(self.backend.count, [*self.messages(), {"role": "user", "content": text}],
+                                      budget)
         if dropped:
             self.history = self.history[dropped:]
             notice(f"(문맥 길이를 넘어 오래된 메시지 {dropped}개를 뺐습니다 / dropped the {dropped} oldest "
                    f"messages to fit the {context}-token context)")
-        try:
-            stream = self.engine.stream(prompt_ids(tokenizer, messages), self.sampling)
-        except PromptTooLong as exc:
-            raise KrminiError(f"message: {exc.tokens} tokens with the system prompt; the {exc.context}-token "
-                              f"context holds at most {exc.context - 1}; send a shorter message") from None
         pieces = []
-        for piece in stream:
+        for piece in self.backend.stream(messages, self.sampling):
             pieces.append(piece)
             yield piece
         self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": "".join(pieces)}]
@@ -91,14 +89,30 @@ class ChatSession:
             else:
                 self.sampling = changed
                 print(f"(온도 / temperature = {self.sampling.temperature})")
+        elif name == "/task":
+            self.use_task(arg.strip())
         else:
             print(self.help())
         return True
 
+    def use_task(self, name: str) -> None:
+        """`/task NAME`: the preset's system prompt and sampling; `/task` alone lists the presets."""
+        if not name:
+            print(f"(작업 / tasks: {listing()})")
+            return
+        try:
+            preset = task(name)
+        except KrminiError as exc:
+            print(f"(/task: {exc})")
+            return
+        self.system, self.sampling = preset.system, with_task(self.sampling, name)
+        print(f"(작업 / task {name}: temperature {self.sampling.temperature}, top_p {self.sampling.top_p}; "
+              f"시스템 프롬프트 / system prompt: {self.system})")
+
 
 def repl(session: ChatSession, out=None) -> None:
     out = out or sys.stdout  # looked up per call: a caller (or a test) may have replaced sys.stdout
-    out.write(f"krmini chat — {session.engine.source}\n{session.help()}\n")
+    out.write(f"krmini chat — {session.backend.name}\n{session.help()}\n")
     while True:
         try:
             line = input("나> ").strip()

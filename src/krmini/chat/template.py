@@ -25,6 +25,7 @@ earlier replies) gives one sequence per reply instead, each its prompt exactly a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import TYPE_CHECKING
@@ -116,14 +117,21 @@ def check_chat_tokenizer(tokenizer: KoTokenizer) -> None:
                           "on conversations, add the chat_template of its instruct version)")
 
 
-def prompt_ids(tokenizer: KoTokenizer, messages: list[dict]) -> list[int]:
+def prompt_ids(tokenizer: KoTokenizer, messages: list[dict], options: dict | None = None) -> list[int]:
     """The ids a reply is generated after: the conversation plus a bare `<|assistant|>` (ours), or the
-    checkpoint's own template with its generation prompt (an imported model)."""
+    checkpoint's own template with its generation prompt (an imported model), given `options` as more
+    template variables (`--template-option`; ours has none: `check_template_options`)."""
     if tokenizer.foreign is None:
         return render(tokenizer, messages, add_generation_prompt=True).ids
     check_chat_tokenizer(tokenizer)
-    text = render_template(tokenizer.chat_template, messages, True, tokenizer.template_tokens)
+    text = render_template(tokenizer.chat_template, messages, True, tokenizer.template_tokens, options)
     return tokenizer.encode(text)
+
+
+def check_template_options(tokenizer: KoTokenizer, options: dict) -> None:
+    if options and tokenizer.foreign is None:
+        raise KrminiError(f"--template-option {next(iter(options))}: this model uses krmini's own chat layout, which "
+                          "takes no options (they are variables of an imported model's Jinja chat template)")
 
 
 def stop_ids(tokenizer: KoTokenizer) -> set[int]:
@@ -141,7 +149,12 @@ def prompt_budget(context: int, max_new_tokens: int) -> int:
 
 
 def fit_history(tokenizer: KoTokenizer, messages: list[dict], budget: int) -> tuple[list[dict], int]:
-    """Drop the oldest non-system turns until the prompt fits in `budget` tokens.
+    """Drop the oldest non-system turns until the prompt fits in `budget` tokens (`fit_turns`)."""
+    return fit_turns(lambda m: len(prompt_ids(tokenizer, m)), messages, budget)
+
+
+def fit_turns(count: Callable[[list[dict]], int], messages: list[dict], budget: int) -> tuple[list[dict], int]:
+    """Drop the oldest non-system turns until `count(messages)` (prompt tokens) is at most `budget`.
 
     Returns the kept messages and how many were dropped. A leading system message is always kept;
     the newest message is never dropped (if it alone is too long, the caller reports it).
@@ -149,7 +162,7 @@ def fit_history(tokenizer: KoTokenizer, messages: list[dict], budget: int) -> tu
     system = messages[:1] if messages and messages[0]["role"] == "system" else []
     turns = messages[len(system):]
     dropped = 0
-    while len(turns) > 1 and len(prompt_ids(tokenizer, system + turns)) > budget:
+    while len(turns) > 1 and count(system + turns) > budget:
         # drop a whole exchange (user + its reply) so the history still alternates
         step = 2 if len(turns) > 2 and turns[0]["role"] == "user" and turns[1]["role"] == "assistant" else 1
         turns = turns[step:]

@@ -20,8 +20,9 @@ from krmini.apps.memo.ask import (
     stream_answer,
     summarize,
 )
-from krmini.apps.memo.backends import LocalBackend, OpenAIBackend
 from krmini.apps.memo.search import Searcher
+from krmini.chat.backend import LocalBackend
+from krmini.chat.remote import OpenAIBackend
 from krmini.chat.template import prompt_budget
 from krmini.cli import main
 from krmini.infer.sampling import SamplingConfig
@@ -178,7 +179,7 @@ def test_memo_in_the_chat_repl(chat_run, indexed, capsys):
 
     args = argparse.Namespace(model=str(chat_run), adapter=None, device="cpu", dtype="fp32", compile=False)
     command = memo_command(Searcher(indexed), 4, MIN_COVERAGE)
-    session = ChatSession(chat_engine(args), greedy(12), commands={"/memo": ("QUESTION 메모", command)})
+    session = ChatSession(LocalBackend(chat_engine(args)), greedy(12), commands={"/memo": ("QUESTION 메모", command)})
     assert "/memo QUESTION 메모" in session.help()
     assert session.command("/memo 신제품 출시는 언제로 미뤘어?")
     out = capsys.readouterr().out
@@ -188,6 +189,23 @@ def test_memo_in_the_chat_repl(chat_run, indexed, capsys):
     assert session.history[0]["content"].startswith("자료:\n\n[1] notes/회의/3월.md:10")
     session.command("/memo 양자역학 초전도체")
     assert "답하지 않습니다" in capsys.readouterr().out and len(session.history) == 2
+
+
+def test_memo_in_the_chat_repl_through_a_server(chat_server, chat_local, indexed, capsys):
+    """`krmini chat --backend openai:URL --memo DB`: /memo answers through the server, as the local model would."""
+    from krmini.chat.repl import ChatSession
+    from krmini.chat.template import stop_ids
+    from krmini.infer.build import build_engine
+
+    command = memo_command(Searcher(indexed), 4, MIN_COVERAGE)
+    said = []
+    for backend in (LocalBackend(build_engine(chat_local, stop_ids=stop_ids(chat_local.tokenizer))),
+                    OpenAIBackend.connect(chat_server.url, chat_server.key, None, None)):
+        session = ChatSession(backend, greedy(12), commands={"/memo": ("QUESTION 메모", command)})
+        assert session.command("/memo 신제품 출시는 언제로 미뤘어?")
+        said.append((capsys.readouterr().out, session.history))
+    (here, history), (there, remote_history) = said
+    assert there == here and remote_history == history and "출처 / sources:\n[1] notes/회의/3월.md:10" in there
 
 
 def test_cli_ask_and_summarize_with_a_backend(indexed, notes_dir, capsys, monkeypatch):

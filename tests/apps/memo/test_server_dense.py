@@ -10,8 +10,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from krmini.apps.memo import embed, server
-from krmini.apps.memo.backends import OpenAIBackend
 from krmini.apps.memo.server import extension, names_server
+from krmini.chat.remote import OpenAIBackend
 from krmini.chat.template import stop_ids
 from krmini.cli import main
 from krmini.infer.build import build_engine
@@ -87,7 +87,7 @@ def test_this_server_s_embeddings_without_http(notes_dir, tmp_path, chat_server,
 
     def no_http(*args, **kwargs):
         raise AssertionError("a memo route called HTTP")
-    monkeypatch.setattr(OpenAIBackend, "_request", no_http)
+    monkeypatch.setattr(OpenAIBackend, "request", no_http)
     where = urlsplit(url)
     memo_ext = extension(db, where.hostname, where.port)
     with _client(worker, [memo_ext]) as client:

@@ -191,9 +191,7 @@ def iter_hits(rows) -> Iterator[Hit]:
 
 def memo_command(searcher, k: int, min_coverage: float):
     """`/memo QUESTION` for the chat REPL: the turn is grounded in the notes, kept in the history, and
-    followed by its sources."""
-    from krmini.apps.memo.backends import LocalBackend
-
+    followed by its sources. It answers through the session's backend: the local model or a server."""
     def handle(session, question: str) -> None:
         if not question:
             print("(사용법 / usage: /memo 질문 — 메모를 근거로 답합니다 / answers from the notes)")
@@ -204,7 +202,7 @@ def memo_command(searcher, k: int, min_coverage: float):
         if not hits:
             print(refusal(results.hits, min_coverage))
             return
-        backend = LocalBackend(session.engine)
+        backend = session.backend
         prefix = [{"role": "system", "content": session.system}] if session.system else []
         budget = prompt_budget(backend.context, session.sampling.max_new_tokens)
         messages, sources = fit_sources(backend.count, budget, answer_messages(question, prefix), hits)

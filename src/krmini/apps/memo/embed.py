@@ -26,8 +26,8 @@ from typing import Protocol
 
 import numpy as np
 
-from krmini.apps.memo.backends import OpenAIBackend
 from krmini.argtypes import number
+from krmini.chat.remote import KEY_ENV, OpenAIBackend, server_root
 from krmini.errors import KrminiError
 
 ST, OPENAI = "st:", "openai:"
@@ -103,13 +103,11 @@ class STEmbedder:
 
 class OpenAIEmbedder:
     def __init__(self, url: str, model: str | None = None, api_key: str | None = None):
-        base = url.rstrip("/").removesuffix("/v1")
-        if not base.startswith(("http://", "https://")):
-            raise KrminiError(f"--embed openai:{url}: expected an http:// or https:// URL")
-        self.http = OpenAIBackend(base, api_key or os.environ.get("OPENAI_API_KEY"), model)
+        base = server_root(url, "--embed openai:")
+        self.http = OpenAIBackend(base, api_key or os.environ.get(KEY_ENV), model)
         self.where = f"{base}/v1/embeddings"
         if model is None:
-            answer = self.http._request("GET", "/v1/models")
+            answer = self.http.request("GET", "/v1/models")
             models = answer.get("data") if isinstance(answer, dict) else None
             if not models or not isinstance(models[0], dict) or not isinstance(models[0].get("id"), str):
                 raise KrminiError(f"{base}/v1/models: the server lists no model; pass --embed-model")
@@ -119,7 +117,7 @@ class OpenAIEmbedder:
         self.identity = Identity("openai", model, dim, OPENAI + base)
 
     def _request(self, texts: list[str]) -> np.ndarray:
-        answer = self.http._request("POST", "/v1/embeddings", {"model": self.model, "input": texts,
+        answer = self.http.request("POST", "/v1/embeddings", {"model": self.model, "input": texts,
                                                                  "encoding_format": "float"})
         data = answer.get("data") if isinstance(answer, dict) else None
         if not isinstance(data, list) or len(data) != len(texts):
