@@ -32,12 +32,13 @@ step train-general krmini train --config configs/chat-demo.yaml --data "$OUT/gen
 step extend krmini tokenizer extend "$OUT/general" --corpus "${LEGAL[@]}" --add 8000 --skip-heldout 0.03 \
   --out "$OUT/legal-tokenizer"
 
-# 3. 계속 사전학습 두 가지: 일반 텍스트 재생(약 1/5) 있음 / 없음 / continued pretraining, with and without replay.
+# 3. 계속 사전학습 두 가지: 일반 텍스트 재생(바이트로 절반 조금 못 되게) 있음 / 없음, lr 3e-4 (cpt 프리셋)
+#    continued pretraining with and without replay, at the cpt preset's lr 3e-4.
 step prepare-replay krmini prepare --config configs/data/legal-cpt-mix.yaml --tokenizer "$OUT/legal-tokenizer" \
   --out "$OUT/replay-data"
 step prepare-legal-only krmini prepare --config configs/data/legal-only.yaml --tokenizer "$OUT/legal-tokenizer" \
   --out "$OUT/legal-only-data"
-CPT=(train.max_steps=400 train.warmup_steps=40 train.lr=1.0e-3 train.eval_interval=200 train.eval_tokens=100000
+CPT=(train.max_steps=400 train.warmup_steps=40 train.eval_interval=200 train.eval_tokens=100000
      train.save_interval=200 train.log_interval=20)
 for arm in replay legal-only; do
   step "cpt-$arm" krmini train --init-from "$OUT/general" --tokenizer "$OUT/legal-tokenizer" \
