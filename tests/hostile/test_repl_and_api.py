@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from krmini.chat.backend import LocalBackend
 from krmini.chat.load import load_chat_model
 from krmini.chat.repl import ChatSession
 from krmini.chat.template import stop_ids
@@ -98,7 +99,7 @@ def test_engine_prepare_refuses_impossible_token_ids(engine, ids):
 
 @pytest.mark.parametrize("value", REPL_VALUES)
 def test_repl_temp(engine, value, capsys):
-    session = ChatSession(engine, GREEDY)
+    session = ChatSession(LocalBackend(engine), GREEDY)
     assert "".join(session.reply("안녕하세요"))
     capsys.readouterr()
     assert session.command(f"/temp {value}".rstrip())
@@ -120,7 +121,7 @@ def test_repl_temp(engine, value, capsys):
 @pytest.mark.parametrize("value", ["nan", "-1", str(2**64), "abc"])
 def test_repl_has_no_other_number_commands(engine, command, value, capsys):
     """Only /temp takes a number; any other /word shows the one-line help and changes nothing."""
-    session = ChatSession(engine, GREEDY)
+    session = ChatSession(LocalBackend(engine), GREEDY)
     assert session.command(f"{command} {value}")
     line = capsys.readouterr().out
     assert line.count("\n") == 1 and "/temp" in line

@@ -52,7 +52,7 @@ def test_memo_turn_in_a_real_repl_run(chat_run, memo_db, capsys, monkeypatch):
     history = sessions[0].history
     assert [m["role"] for m in history] == ["user", "assistant"] * 2  # the /memo turn and the plain one
     assert history[0]["content"].startswith("자료:\n\n[1] notes/회의/3월.md:10") and history[2]["content"] == "고마워"
-    assert sessions[0].engine is not None and history[1]["content"] in out
+    assert sessions[0].backend.engine is not None and history[1]["content"] in out
 
 
 def test_memo_grounding_options(chat_run, memo_db, tmp_path, capsys, monkeypatch):
