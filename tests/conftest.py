@@ -253,12 +253,7 @@ def serve_process(run: Path, log_dir: Path, *more: str):
     try:
         yield Server(url, "test-key", process)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+        stop_process(process, log)
 
 
 @pytest.fixture(scope="session")
@@ -294,3 +289,13 @@ def simulated_avx2(monkeypatch):
     hardware.cpu.cache_clear()
     yield hardware
     hardware.cpu.cache_clear()
+
+
+def stop_process(process, log) -> None:
+    """End a server started by a test, then close the log it wrote to."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    log.close()

@@ -23,7 +23,7 @@ from krmini.cli import main
 from krmini.errors import KrminiError
 from krmini.infer.build import build_engine
 from krmini.infer.sampling import SamplingConfig
-from tests.conftest import free_port, greedy
+from tests.conftest import free_port, greedy, stop_process
 from tests.serve.http import call
 
 GREEDY = ["--temperature", "0", "--max-new-tokens", "16"]
@@ -276,9 +276,4 @@ def test_llama_cpp_python_s_server(chat_run, tmp_path, monkeypatch, capsys):
                      "--max-new-tokens", "8"]) == 0
         assert f"봇> {whole}" in capsys.readouterr().out.splitlines()
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+        stop_process(process, log)
