@@ -32,8 +32,8 @@ step train-general krmini train --config configs/chat-demo.yaml --data "$OUT/gen
 step extend krmini tokenizer extend "$OUT/general" --corpus "${LEGAL[@]}" --add 8000 --skip-heldout 0.03 \
   --out "$OUT/legal-tokenizer"
 
-# 3. 계속 사전학습 두 가지: 일반 텍스트 재생(바이트로 절반 조금 못 되게) 있음 / 없음, lr 3e-4 (cpt 프리셋)
-#    continued pretraining with and without replay, at the cpt preset's lr 3e-4.
+# 3. 계속 사전학습 두 가지: 일반 텍스트 재생(바이트로 절반 조금 못 되게) 있음 / 없음, lr 3e-4, 새 행은 조각 평균과 전체 평균의 중간 (cpt 프리셋)
+#    continued pretraining with and without replay, at the cpt preset's lr 3e-4, new rows halfway to the mean of all rows.
 step prepare-replay krmini prepare --config configs/data/legal-cpt-mix.yaml --tokenizer "$OUT/legal-tokenizer" \
   --out "$OUT/replay-data"
 step prepare-legal-only krmini prepare --config configs/data/legal-only.yaml --tokenizer "$OUT/legal-tokenizer" \

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from krmini.cli import main
+from krmini.errors import KrminiError
 from krmini.eval.ppl import perplexity, read_eval_texts
 from krmini.export.hf import export_hf, import_hf
 from krmini.infer.load import load_model
@@ -61,6 +62,25 @@ def test_resized_model_keeps_the_step_0_loss(tiny_run, domain_run):
     assert after.tokens < 0.95 * before.tokens
     assert abs(after.loss / before.loss - 1) < 0.02, (before.loss, after.loss)
     assert abs(same_ids.loss / before.loss - 1) < 0.02, (before.loss, same_ids.loss)
+
+
+def test_new_rows_toward_mean_blends_the_pieces_mean_with_all_rows(tiny_run, domain_run):
+    """train.new_rows_toward_mean: each new row moves that far from its pieces' mean to the mean of all old rows
+    (0 = the pieces' mean, 1 = the plain mean of everything); old rows are never touched; outside [0, 1] refused."""
+    old = load_model(tiny_run, torch.device("cpu"))
+    new_tok = KoTokenizer.load(domain_run.parent / "tokenizer")
+    weight = old.model.model.embed_tokens.weight.detach()
+    everything = weight.mean(0)
+    for toward in (0.5, 1.0):
+        tensors = resize_vocab(read_weights(old.path), old.tokenizer, new_tok, new_tok.vocab_size, ("old", "new"),
+                               toward)
+        embedding = tensors[EMBEDDING]
+        assert torch.equal(embedding[: weight.shape[0]], weight)
+        for i, pieces in new_token_pieces(old.tokenizer.tok, new_tok.tok).items():
+            own = weight[pieces].mean(0)
+            assert torch.allclose(embedding[i], own + toward * (everything - own), atol=1e-6)
+    with pytest.raises(KrminiError, match=r"train\.new_rows_toward_mean: expected a value in \[0, 1\], got 1.5"):
+        TrainConfig(new_rows_toward_mean=1.5).validate()
 
 
 def test_init_from_is_weights_only(tiny_run, domain_run):

@@ -46,6 +46,7 @@ class TrainConfig:
     seed: int = 1337
     init_from: str = ""  # checkpoint or run whose weights start the run (fine-tuning); "" = random init
     tokenizer: str = ""  # the run's tokenizer when it is not the data's: with init_from, an extension to resize to
+    new_rows_toward_mean: float = 0.0  # with tokenizer: move each new row this far from its pieces' mean to all rows'
 
     def validate(self, where: str = "train") -> None:
         for name in ("seq_len", "batch_size", "grad_accum", "max_steps", "eval_interval", "save_interval",
@@ -62,6 +63,8 @@ class TrainConfig:
             raise KrminiError(f"{where}.precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.strategy not in STRATEGIES:
             raise KrminiError(f"{where}.strategy: expected one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if not 0 <= self.new_rows_toward_mean <= 1:
+            raise KrminiError(f"{where}.new_rows_toward_mean: expected a value in [0, 1], got {self.new_rows_toward_mean}")
         if self.peak_tflops < 0:
             raise KrminiError(f"{where}.peak_tflops: expected >= 0, got {self.peak_tflops}")
 

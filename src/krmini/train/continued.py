@@ -72,27 +72,31 @@ def continued_config(init_from: str, config: str | None = None, tokenizer: str |
     return from_dict(RunConfig, data, str(path))
 
 
-def resize_rows(weight: torch.Tensor, pieces: dict[int, list[int]], vocab_size: int) -> torch.Tensor:
+def resize_rows(weight: torch.Tensor, pieces: dict[int, list[int]], vocab_size: int,
+                toward_mean: float = 0.0) -> torch.Tensor:
     """`weight` (old vocabulary × hidden) grown to `vocab_size` rows: old rows kept, each new id's row the
-    mean of its pieces' rows (rows no token uses: the mean of all old rows)."""
+    mean of its pieces' rows (rows no token uses: the mean of all old rows), moved `toward_mean` of the way
+    to the mean of all old rows."""
     rows = max(vocab_size, weight.shape[0])
     out = weight.new_empty(rows, weight.shape[1])
     out[: weight.shape[0]] = weight
-    out[weight.shape[0]:] = weight.float().mean(0).to(weight.dtype)
+    everything = weight.float().mean(0)
+    out[weight.shape[0]:] = everything.to(weight.dtype)
     for i, old in pieces.items():
-        out[i] = weight[old].float().mean(0).to(weight.dtype)
+        own = weight[old].float().mean(0)
+        out[i] = (own + toward_mean * (everything - own)).to(weight.dtype)
     return out
 
 
 def resize_vocab(tensors: dict[str, torch.Tensor], base: KoTokenizer, new: KoTokenizer, vocab_size: int,
-                 where: tuple[str, str]) -> dict[str, torch.Tensor]:
+                 where: tuple[str, str], toward_mean: float = 0.0) -> dict[str, torch.Tensor]:
     """Weights of a model on `base` moved to `new` (an extension of it): embedding and head resized."""
     check_extends(base.tok, new.tok, *where)
     pieces = new_token_pieces(base.tok, new.tok)
     out = dict(tensors)
     for name in (EMBEDDING, HEAD):
         if name in out:  # a tied head is the embedding: no tensor of its own
-            out[name] = resize_rows(out[name], pieces, vocab_size)
+            out[name] = resize_rows(out[name], pieces, vocab_size, toward_mean)
     return out
 
 
@@ -104,7 +108,8 @@ def init_weights(model: torch.nn.Module, t: TrainConfig) -> Path:
     if t.tokenizer:
         old, new = KoTokenizer.load(base / TOKENIZER_DIR), KoTokenizer.load(t.tokenizer)
         if fingerprint(old.tok) != fingerprint(new.tok):
-            tensors = resize_vocab(tensors, old, new, model.config.vocab_size, (str(base / TOKENIZER_DIR), t.tokenizer))
+            tensors = resize_vocab(tensors, old, new, model.config.vocab_size, (str(base / TOKENIZER_DIR), t.tokenizer),
+                                   t.new_rows_toward_mean)
     ckpt.load_model_weights(model, base, tensors)
     return base
 
