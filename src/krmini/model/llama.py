@@ -196,8 +196,8 @@ class MLP(nn.Module):
 
 class ReluSquaredMLP(nn.Module):
     """down(relu(up(x))²) (`mlp_act: relu2`; Primer, modded-nanogpt): two matrices instead of three,
-    so at the same intermediate_size a third fewer MLP weights and FLOPs. Squaring keeps ReLU's
-    sparsity while making the derivative continuous at zero (Primer, So et al. 2021, searched it out)."""
+    so at the same intermediate_size a third fewer MLP weights and FLOPs. Primer's architecture search
+    (So et al., 2021) found it; it keeps ReLU's sparsity with a derivative that is continuous at zero."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -247,8 +247,9 @@ class LlamaModel(nn.Module):
         self.apply(self._init_weights)
         # Scale the residual-branch outputs down with depth (GPT-2), so the residual stream's
         # variance does not grow with the number of layers at initialisation. `zero_init_proj`
-        # (modded-nanogpt) goes all the way: every block starts as the identity and the gradient
-        # reaches o_proj and down_proj first (their inputs are not zero, so they move at once).
+        # (modded-nanogpt) goes all the way: every block starts as the identity. The first step
+        # moves o_proj and down_proj (their inputs are not zero); the weights before them get
+        # gradient from the second step on, once the projections are no longer zero.
         std = config.initializer_range / math.sqrt(2 * config.num_hidden_layers)
         for layer in self.model.layers:
             for proj in (layer.self_attn.o_proj, layer.mlp.down_proj):
