@@ -134,3 +134,18 @@ def test_export_refuses_what_transformers_and_llama_cpp_cannot_compute(kw, field
     # zero_init_proj changes only the starting weights; q/k norms export as Qwen3
     assert export_family(small_config(zero_init_proj=True)) == "LlamaForCausalLM"
     assert export_family(small_config(zero_init_proj=True, qk_norm=True)) == "Qwen3ForCausalLM"
+
+
+def test_our_qk_norm_model_exports_as_qwen3_with_equal_logits():
+    pytest.importorskip("transformers")
+    from krmini.export.hf import to_hf_model
+
+    torch.manual_seed(0)
+    model = LlamaModel(small_config(qk_norm=True, zero_init_proj=True)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)  # as after training: norms and projections away from their init
+        hf = to_hf_model(model)
+        ids = torch.randint(0, 300, (2, 12))
+        assert type(hf).__name__ == "Qwen3ForCausalLM"
+        torch.testing.assert_close(hf(ids).logits, model(ids)[0], atol=1e-5, rtol=1e-5)
