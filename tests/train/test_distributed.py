@@ -1,4 +1,4 @@
-"""Data parallelism on 2 CPU processes (gloo): DDP and FSDP2 match the single-process run."""
+"""Data parallelism on 2 CPU processes (gloo): DDP (with AdamW or Muon) and FSDP2 match the single-process run."""
 
 from __future__ import annotations
 
@@ -52,6 +52,28 @@ def test_ddp_two_processes_match_single_process(micro_data, single, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     _assert_same_curve(out, single, range(1, 21))
     assert abs(eval_losses(out)[20] - eval_losses(single)[20]) <= 1e-5
+    assert runs.read_state(runs.resolve_checkpoint(out))["world_size"] == 2
+
+
+MUON = ["train.optimizer=muon", "train.muon_lr=0.01"]
+
+
+@pytest.fixture(scope="module")
+def single_muon(micro_data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("single_muon") / "run"
+    with single_thread():
+        train(load_run_config("tiny", _args(micro_data, out, 20, *MUON)), progress=False)
+    return out
+
+
+@pytest.mark.integration  # minutes of CPU in `make test`; `make test-integration` runs it
+def test_ddp_with_muon_matches_single_process(micro_data, single_muon, tmp_path):
+    """Muon under DDP: each rank orthogonalises the same all-reduced whole matrices, as one process does."""
+    out = tmp_path / "ddp_muon"
+    proc = run_krmini("train", "--nproc", "2", "--config", "tiny", *_args(micro_data, out, 20, *MUON), timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _assert_same_curve(out, single_muon, range(1, 21))
+    assert abs(eval_losses(out)[20] - eval_losses(single_muon)[20]) <= 1e-5
     assert runs.read_state(runs.resolve_checkpoint(out))["world_size"] == 2
 
 

@@ -23,10 +23,16 @@ from tests.train.microrun import krmini_cmd, micro_overrides, subprocess_env, tr
 SCHEDULE = ["train.warmup_steps=1000", "train.lr=0.01", "train.save_interval=5", "train.keep_checkpoints=3",
             "train.eval_interval=1000"]
 REFERENCE_STEPS = 60
+# Every training-recipe switch at once, Muon's state and the momentum ramp included. WSD depends on
+# max_steps, so its runs all stop at the same step.
+RECIPE = ["train.optimizer=muon", "train.muon_momentum_warmup_steps=10", "train.schedule=wsd", "train.warmup_steps=3",
+          "train.decay_fraction=0.5", "model.zero_init_proj=true", "model.logit_softcap=30", "model.mlp_act=relu2",
+          "model.qk_norm=true"]
+RECIPE_STEPS = 20
 
 
-def _cfg(data: Path, out: Path, steps: int):
-    return load_run_config("tiny", micro_overrides(data, out, *SCHEDULE, f"train.max_steps={steps}"))
+def _cfg(data: Path, out: Path, steps: int, *extra: str):
+    return load_run_config("tiny", micro_overrides(data, out, *SCHEDULE, f"train.max_steps={steps}", *extra))
 
 
 @pytest.fixture(scope="module")
@@ -40,27 +46,53 @@ def reference(micro_data, tmp_path_factory) -> Path:
     return out
 
 
-def _cli_args(data: Path, out: Path, steps: int) -> list[str]:
-    return ["train", "--config", "tiny", *micro_overrides(data, out, *SCHEDULE, f"train.max_steps={steps}")]
+@pytest.fixture(scope="module")
+def recipe_reference(micro_data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("recipe_reference") / "run"
+    with single_thread():
+        train(_cfg(micro_data, out, RECIPE_STEPS, *RECIPE), progress=False)
+    return out
 
 
-def _resume_and_compare(data: Path, out: Path, reference: Path, from_step: int, to_step: int) -> None:
-    train(_cfg(data, out, to_step), resume=True, progress=False)
+def _cli_args(data: Path, out: Path, steps: int, *extra: str) -> list[str]:
+    return ["train", "--config", "tiny", *micro_overrides(data, out, *SCHEDULE, f"train.max_steps={steps}", *extra)]
+
+
+def _resume_and_compare(data: Path, out: Path, reference: Path, from_step: int, to_step: int, *extra: str) -> None:
+    train(_cfg(data, out, to_step, *extra), resume=True, progress=False)
     resumed, uninterrupted = train_losses(out), train_losses(reference)
     assert sorted(resumed) == list(range(1, to_step + 1))  # no step lost, none logged twice
     for step in range(from_step + 1, to_step + 1):
         assert resumed[step] == uninterrupted[step], f"step {step} differs after resuming"
 
 
-def test_killed_between_checkpoint_files_resumes_exactly(micro_data, reference, tmp_path):
-    out = tmp_path / "run"
-    proc = subprocess.run(krmini_cmd(*_cli_args(micro_data, out, 30)), capture_output=True, text=True,
-                          timeout=120, env=subprocess_env(KRMINI_TEST_KILL_IN_CHECKPOINT="15"))
+def _kill_between_files_and_resume(data: Path, out: Path, reference: Path, kill: int, steps: int, *extra: str) -> None:
+    """Killed while writing checkpoint `kill` (weights written, optimizer state not), resumed from the one before."""
+    proc = subprocess.run(krmini_cmd(*_cli_args(data, out, steps, *extra)), capture_output=True, text=True,
+                          timeout=120, env=subprocess_env(KRMINI_TEST_KILL_IN_CHECKPOINT=str(kill)))
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    partial = out / "checkpoints" / "step_00000015.tmp"
+    partial = out / "checkpoints" / f"{runs.step_name(kill)}.tmp"
     assert (partial / runs.MODEL_FILE).is_file() and not (partial / runs.OPTIM_FILE).exists()
-    assert (out / "checkpoints" / "latest").read_text() == "step_00000010"
-    _resume_and_compare(micro_data, out, reference, 10, 30)
+    assert (out / "checkpoints" / "latest").read_text() == runs.step_name(kill - 5)
+    _resume_and_compare(data, out, reference, kill - 5, steps, *extra)
+
+
+def test_killed_between_checkpoint_files_resumes_exactly(micro_data, reference, tmp_path):
+    _kill_between_files_and_resume(micro_data, tmp_path / "run", reference, 15, 30)
+
+
+def test_killed_muon_run_with_every_recipe_switch_resumes_exactly(micro_data, recipe_reference, tmp_path):
+    _kill_between_files_and_resume(micro_data, tmp_path / "run", recipe_reference, 10, RECIPE_STEPS, *RECIPE)
+    path, _ = runs.last_good_checkpoint(tmp_path / "run" / "checkpoints")
+    meta = json.loads((path / runs.STATE_FILE).read_text(encoding="utf-8"))
+    from safetensors.torch import load_file
+
+    tensors = load_file(path / runs.OPTIM_FILE)
+    muon_group = meta["optimizer"]["param_groups"][0]
+    assert muon_group["momentum"] == pytest.approx(0.95) and muon_group["base_lr"] == 0.02
+    assert all(f"state.{i}.momentum_buffer" in tensors for i in muon_group["params"])
+    losses = train_losses(tmp_path / "run")
+    assert losses[RECIPE_STEPS] < losses[1] - 1.0  # and the recipe learns
 
 
 def test_sigkill_mid_run_resumes_exactly(micro_data, reference, tmp_path):

@@ -68,6 +68,7 @@ def to_hf_model(model: LlamaModel, bos_id: int = 1, eos_id: int | list[int] = 2,
 def export_hf(loaded: LoadedModel, out: Path, force: bool = False) -> Path:
     """Write a directory that `AutoModelForCausalLM` / `AutoTokenizer.from_pretrained` load as-is."""
     tf = _transformers()
+    export_family(loaded.model.config)  # a model no transformers class computes is refused before anything is written
     tok = loaded.tokenizer
     model = loaded.model.float()
     context = model.config.max_position_embeddings

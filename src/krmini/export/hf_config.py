@@ -108,7 +108,14 @@ def from_hf_config(raw: dict, where: str = "config.json") -> ModelConfig:
 
 def export_family(config: ModelConfig) -> str:
     """The transformers class that computes what `config` does: Qwen3 for q/k norms, Qwen2 for q/k/v
-    biases, Llama otherwise (a Mistral without a window is a Llama)."""
+    biases, Llama otherwise (a Mistral without a window is a Llama). The recipe's soft-capped logits
+    and ReLU² MLP exist in none of them (nor in llama.cpp's matching architectures): refused."""
+    if config.logit_softcap:
+        raise KrminiError(f"model.logit_softcap: {config.logit_softcap} (soft-capped logits) has no transformers "
+                          "or llama.cpp equivalent for this architecture; cannot export")
+    if config.mlp_act != "swiglu":
+        raise KrminiError(f"model.mlp_act: {config.mlp_act!r} (ReLU² MLP) has no transformers or llama.cpp "
+                          "equivalent for this architecture (SwiGLU only); cannot export")
     if config.qk_norm and config.qkv_bias:
         raise KrminiError("model: qk_norm and qkv_bias together match no transformers family; cannot export")
     return "Qwen3ForCausalLM" if config.qk_norm else "Qwen2ForCausalLM" if config.qkv_bias else "LlamaForCausalLM"

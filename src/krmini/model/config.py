@@ -1,7 +1,8 @@
 """Model hyper-parameters, named as in Hugging Face's `LlamaConfig` so export is a plain save.
 
-Our own presets use only the first block. The rest exists for open models imported from Hugging Face
-(`krmini import hf`): each is off by default and says which family needs it.
+Our own presets use only the first block. The second holds training-recipe switches for our own
+runs (off by default, see docs/training.md); the third exists for open models imported from Hugging
+Face (`krmini import hf`): each is off by default and says which family needs it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from krmini.errors import KrminiError
 
 ROPE_TYPES = ("llama3",)
+MLP_ACTS = ("swiglu", "relu2")
 
 
 @dataclass
@@ -48,6 +50,10 @@ class ModelConfig:
     rms_norm_eps: float = 1e-5
     tie_word_embeddings: bool = False
     initializer_range: float = 0.02
+    # --- training recipe (our own runs; none of these exports to transformers or llama.cpp but zero_init_proj) ---
+    zero_init_proj: bool = False  # o_proj and down_proj start at zero: each block starts as the identity
+    logit_softcap: float = 0.0  # > 0: logits = cap · tanh(logits / cap), in training and inference
+    mlp_act: str = "swiglu"  # or "relu2": down(relu(up(x))²), no gate matrix
     # --- for imported open models ---
     head_dim: int | None = None  # None: hidden_size / num_attention_heads (Qwen3 sets its own)
     qkv_bias: bool = False  # biases on the q, k and v projections (Qwen2, Qwen2.5)
@@ -77,5 +83,9 @@ class ModelConfig:
             )
         if self.head_dim <= 0 or self.head_dim % 2:
             raise KrminiError(f"{where}.head_dim: {self.head_dim} must be a positive even number for RoPE")
+        if not 0 <= self.logit_softcap < float("inf"):
+            raise KrminiError(f"{where}.logit_softcap: expected 0 (off) or a positive number, got {self.logit_softcap}")
+        if self.mlp_act not in MLP_ACTS:
+            raise KrminiError(f"{where}.mlp_act: expected one of {', '.join(MLP_ACTS)}, got {self.mlp_act!r}")
         if self.rope_scaling is not None:
             self.rope_scaling.validate(f"{where}.rope_scaling")

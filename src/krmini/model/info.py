@@ -15,7 +15,7 @@ from krmini.model.config import ModelConfig
 def count_parameters(c: ModelConfig) -> dict[str, int]:
     q, kv = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
     attn = 2 * c.hidden_size * q + 2 * c.hidden_size * kv + (q + 2 * kv) * c.qkv_bias
-    mlp = 3 * c.hidden_size * c.intermediate_size
+    mlp = (3 if c.mlp_act == "swiglu" else 2) * c.hidden_size * c.intermediate_size  # relu2 has no gate
     norms = 2 * c.hidden_size + 2 * c.head_dim * c.qk_norm
     embed = c.vocab_size * c.hidden_size
     head = 0 if c.tie_word_embeddings else embed
@@ -58,13 +58,14 @@ def activation_bytes(c: ModelConfig, batch: int, seq_len: int, act_bytes: int) -
     Per token and layer: each RMSNorm keeps its fp32 input, normalised value and output (plus the
     low-precision copy the next matmul takes under autocast); attention keeps q, k, v, the rotated
     q and k with their rotate-half halves, its output and the o_proj input; the MLP keeps gate,
-    up, silu(gate) and their product. The head keeps the logits, their log-softmax and, early in
+    up, silu(gate) and their product (relu2: up, its ReLU and the square). The head keeps the logits, their log-softmax and, early in
     backward, both gradients: four fp32 vocabulary-sized rows per token.
     """
     kv = c.num_key_value_heads * c.head_dim
     h, f = c.hidden_size, c.intermediate_size
     cast_copy = h * act_bytes if act_bytes < 4 else 0
-    per_layer = 2 * (3 * h * 4 + cast_copy) + (5 * h + 4 * kv + 4 * f) * act_bytes
+    mlp = 4 * f if c.mlp_act == "swiglu" else 3 * f
+    per_layer = 2 * (3 * h * 4 + cast_copy) + (5 * h + 4 * kv + mlp) * act_bytes
     tokens = batch * seq_len
     return tokens * (c.num_hidden_layers * per_layer + 2 * h * 4 + 4 * c.vocab_size * 4)
 

@@ -10,6 +10,10 @@ state dict exports without renaming.
 The open models `krmini import hf` reads are this same decoder with at most three changes, each a
 config switch (off for our own models): q/k/v biases (Qwen2), an RMSNorm over each head of q and k
 (Qwen3, which also sets its own head_dim), and Llama 3's rescaled RoPE frequencies.
+
+Our own runs may also switch on pieces of a newer training recipe (modded-nanogpt, nanochat), all off
+by default: q/k norms, zero-initialised output projections, a soft cap on the logits and a ReLU²
+MLP in place of SwiGLU (the optimizer side, Muon, lives in `krmini.train.optim`).
 """
 
 from __future__ import annotations
@@ -190,13 +194,27 @@ class MLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
+class ReluSquaredMLP(nn.Module):
+    """down(relu(up(x))²) (`mlp_act: relu2`; Primer, modded-nanogpt): two matrices instead of three,
+    so at the same intermediate_size a third fewer MLP weights and FLOPs. Primer's architecture search
+    (So et al., 2021) found it; it keeps ReLU's sparsity with a derivative that is continuous at zero."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.relu(self.up_proj(x)).square())
+
+
 class DecoderLayer(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_attn = Attention(config)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = MLP(config)
+        self.mlp = MLP(config) if config.mlp_act == "swiglu" else ReluSquaredMLP(config)
 
     def forward(self, x, cos, sin, cache, layer, mask):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, layer, mask)
@@ -228,11 +246,17 @@ class LlamaModel(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
         # Scale the residual-branch outputs down with depth (GPT-2), so the residual stream's
-        # variance does not grow with the number of layers at initialisation.
+        # variance does not grow with the number of layers at initialisation. `zero_init_proj`
+        # (modded-nanogpt) goes all the way: every block starts as the identity. The first step
+        # moves o_proj and down_proj (their inputs are not zero); the weights before them get
+        # gradient from the second step on, once the projections are no longer zero.
         std = config.initializer_range / math.sqrt(2 * config.num_hidden_layers)
         for layer in self.model.layers:
-            nn.init.normal_(layer.self_attn.o_proj.weight, std=std)
-            nn.init.normal_(layer.mlp.down_proj.weight, std=std)
+            for proj in (layer.self_attn.o_proj, layer.mlp.down_proj):
+                if config.zero_init_proj:
+                    nn.init.zeros_(proj.weight)
+                else:
+                    nn.init.normal_(proj.weight, std=std)
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
@@ -249,6 +273,15 @@ class LlamaModel(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The LM head over final hidden states, soft-capped when `logit_softcap` is set (Gemma 2,
+        modded-nanogpt): cap · tanh(z / cap) is z for small z and never exceeds ±cap, so no logit can
+        run away and make the softmax overconfident. Every path to logits (training, the KV cache,
+        the compiled decoder) comes through here, so inference sees what training saw."""
+        z = self.lm_head(x)
+        cap = self.config.logit_softcap
+        return cap * torch.tanh(z / cap) if cap else z
 
     def forward(
         self,
@@ -289,9 +322,8 @@ class LlamaModel(nn.Module):
             cache.length += T
         if last_only:
             x = x[:, -1:]
-        x = self.model.norm(x)
+        logits = self.logits(self.model.norm(x))
         if targets is None:
-            return self.lm_head(x), None
-        logits = self.lm_head(x)
+            return logits, None
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
         return logits, loss

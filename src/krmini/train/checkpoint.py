@@ -2,7 +2,7 @@
 
 The format itself — file names, `latest`, checksums, resolution, staged writes — belongs to
 `krmini.runs`; this module adds what only training needs: gathering full tensors from DDP/FSDP,
-the AdamW moments and RNG states, and restoring them on `--resume`. Safetensors only: nothing is
+the optimizer state (AdamW moments, Muon momentum) and RNG states, and restoring them on `--resume`. Safetensors only: nothing is
 ever unpickled.
 
 A checkpoint is built in `step_….tmp/` and renamed into place only when every file is flushed; then
@@ -66,15 +66,16 @@ def base_model(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def optimizer_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """AdamW state as flat tensors keyed `state.<index>.<name>` (index = position in the param groups).
+def optimizer_tensors(model: torch.nn.Module, optimizers: list[torch.optim.Optimizer]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Optimizer state as flat tensors keyed `state.<index>.<name>` (index = position in the param groups,
+    those of every optimizer in order: Muon's then AdamW's with optimizer=muon).
 
     The index layout is what `optimizer.state_dict()` uses, whatever the wrapping: a run saved with
     FSDP on 8 GPUs resumes in one process, and the other way round. Collective under FSDP.
     """
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-    sd = get_optimizer_state_dict(model, optimizer, options=_full_state_options())
+    sd = get_optimizer_state_dict(model, optimizers, options=_full_state_options())
     index = {fqn: i for i, fqn in enumerate(fqn for g in sd.get("param_groups", []) for fqn in g["params"])}
     tensors = {}
     for fqn, state in sd.get("state", {}).items():
@@ -127,9 +128,9 @@ def write_checkpoint(ckpt_root: Path, step: int, weights: dict[str, torch.Tensor
     return ckpt_root / name
 
 
-def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, state: dict[str, Any], keep: int) -> Path:
+def save_checkpoint(ckpt_root: Path, step: int, model, optimizers, state: dict[str, Any], keep: int) -> Path:
     """Single-process convenience: gather and write in one call."""
-    return write_checkpoint(ckpt_root, step, model_tensors(model), optimizer_tensors(model, optimizer), state, keep)
+    return write_checkpoint(ckpt_root, step, model_tensors(model), optimizer_tensors(model, optimizers), state, keep)
 
 
 def checkpoint_model_config(ckpt: Path, state: dict[str, Any]) -> ModelConfig:
@@ -172,9 +173,9 @@ def check_resumable(ckpt: Path, state: dict[str, Any]) -> None:
                           "`krmini sft --base`)")
 
 
-def load_training_state(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+def load_training_state(ckpt: Path, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer],
                         state: dict[str, Any]) -> None:
-    """Restore AdamW moments (into whatever wrapping the model has now) and the RNG states."""
+    """Restore the optimizer state (into whatever wrapping the model has now) and the RNG states."""
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
     path = ckpt / OPTIM_FILE
@@ -182,7 +183,7 @@ def load_training_state(ckpt: Path, model: torch.nn.Module, optimizer: torch.opt
         tensors = load_file(path)
     except (SafetensorError, OSError) as exc:
         raise KrminiError(f"{path}: cannot read optimizer state ({exc})") from None
-    layout = get_optimizer_state_dict(model, optimizer, options=_full_state_options())["param_groups"]
+    layout = get_optimizer_state_dict(model, optimizers, options=_full_state_options())["param_groups"]
     fqns = [fqn for g in layout for fqn in g["params"]]
     saved_groups = state["optimizer"]["param_groups"]
     if [len(g["params"]) for g in saved_groups] != [len(g["params"]) for g in layout]:
@@ -193,7 +194,7 @@ def load_training_state(ckpt: Path, model: torch.nn.Module, optimizer: torch.opt
             _, pid, name = key.split(".", 2)
             opt_state.setdefault(fqns[int(pid)], {})[name] = value
     groups = [{**saved, "params": current["params"]} for saved, current in zip(saved_groups, layout, strict=True)]
-    set_optimizer_state_dict(model, optimizer, {"state": opt_state, "param_groups": groups},
+    set_optimizer_state_dict(model, optimizers, {"state": opt_state, "param_groups": groups},
                              options=_full_state_options())
     torch.set_rng_state(tensors["rng.cpu"])
     if torch.cuda.is_available():

@@ -12,6 +12,8 @@ from krmini.model.config import ModelConfig
 from krmini.train.lora import LoraConfig
 
 STRATEGIES = ("ddp", "fsdp")
+OPTIMIZERS = ("adamw", "muon")
+SCHEDULES = ("cosine", "wsd")
 
 
 @dataclass
@@ -22,9 +24,16 @@ class TrainConfig:
     batch_size: int = 8  # sequences per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step
     max_steps: int = 1000
-    lr: float = 3e-4
-    min_lr_ratio: float = 0.1  # cosine decays to lr × this
+    lr: float = 3e-4  # AdamW's (with optimizer=muon: for the embedding, head, norms and biases)
+    min_lr_ratio: float = 0.1  # the schedule decays to lr × this
     warmup_steps: int = 100
+    schedule: str = "cosine"  # or "wsd": warmup, constant, linear decay over the last decay_fraction
+    decay_fraction: float = 0.2  # wsd: the share of max_steps spent decaying
+    optimizer: str = "adamw"  # or "muon": Muon for the decoder blocks' matrices, AdamW for the rest
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95  # Nesterov
+    muon_momentum_warmup_steps: int = 0  # > 0: momentum ramps from 0.85 to muon_momentum over these steps
+    muon_weight_decay: float = 0.0  # decoupled, on the Muon matrices (nanochat: none)
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -65,8 +74,29 @@ class TrainConfig:
             raise KrminiError(f"{where}.strategy: expected one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         if not 0 <= self.new_rows_toward_mean <= 1:
             raise KrminiError(f"{where}.new_rows_toward_mean: expected a value in [0, 1], got {self.new_rows_toward_mean}")
+        if self.schedule not in SCHEDULES:
+            raise KrminiError(f"{where}.schedule: expected one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not 0 < self.decay_fraction <= 1:
+            raise KrminiError(f"{where}.decay_fraction: expected a value in (0, 1], got {self.decay_fraction}")
+        self._validate_optimizer(where)
         if self.peak_tflops < 0:
             raise KrminiError(f"{where}.peak_tflops: expected >= 0, got {self.peak_tflops}")
+
+    def _validate_optimizer(self, where: str) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise KrminiError(f"{where}.optimizer: expected one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if not self.muon_lr > 0:
+            raise KrminiError(f"{where}.muon_lr: expected a positive number, got {self.muon_lr}")
+        if not 0 <= self.muon_momentum < 1:
+            raise KrminiError(f"{where}.muon_momentum: expected a value in [0, 1), got {self.muon_momentum}")
+        if self.muon_momentum_warmup_steps < 0:
+            raise KrminiError(f"{where}.muon_momentum_warmup_steps: expected >= 0, got "
+                              f"{self.muon_momentum_warmup_steps}")
+        if not self.muon_weight_decay >= 0:
+            raise KrminiError(f"{where}.muon_weight_decay: expected >= 0, got {self.muon_weight_decay}")
+        if self.optimizer == "muon" and self.strategy == "fsdp":
+            raise KrminiError(f"{where}.optimizer: muon orthogonalises whole matrices and fsdp shards them; "
+                              "use train.strategy=ddp with muon")
 
 
 @dataclass
@@ -79,6 +109,11 @@ class RunConfig:
         if self.train.seq_len > self.model.max_position_embeddings:
             raise KrminiError(f"{where}: train.seq_len {self.train.seq_len} exceeds "
                               f"model.max_position_embeddings {self.model.max_position_embeddings}")
+        if self.lora is not None and self.train.optimizer == "muon":
+            # LoRA's A and B are thin (r rows or columns): orthogonalising them would set all r singular
+            # values of each update alike, which no Muon recipe has tuned or tested; AdamW is the known case.
+            raise KrminiError(f"{where}: train.optimizer=muon is for full training of the block matrices; "
+                              "train LoRA adapters with train.optimizer=adamw")
 
 
 def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:

@@ -1,9 +1,9 @@
 """The pretraining loop: one file, top to bottom, in the order things happen.
 
     join torchrun's group (if any) → check the data's tokenizer is the run's → build model
-    → (init_from: another run's weights, resized to an extended tokenizer; resume: own weights) → DDP/FSDP → AdamW
-    → (resume: moments, RNG, scaler) → compile → for each step: warmup/cosine lr →
-    grad-accumulated forward/backward under autocast → clip → AdamW → log → eval → checkpoint
+    → (init_from: another run's weights, resized to an extended tokenizer; resume: own weights) → DDP/FSDP
+    → AdamW (or Muon + AdamW) → (resume: moments, RNG, scaler) → compile → for each step: scheduled lr →
+    grad-accumulated forward/backward under autocast → clip → optimizer step → log → eval → checkpoint
 
 Batches are a pure function of the step (see `TokenWindows`), so the data position needs no state
 of its own: a resumed run sees exactly the batches the uninterrupted run would have seen.
@@ -41,7 +41,7 @@ from krmini.train.flops import measure_matmul_peak, training_flops_per_token
 from krmini.train.loggers import RunLoggers
 from krmini.train.lora import apply_lora
 from krmini.train.metrics import plot_loss, plot_training
-from krmini.train.optim import build_optimizer, lr_at
+from krmini.train.optim import build_optimizers, set_step
 
 __all__ = ["BatchSources", "evaluate", "train"]
 
@@ -111,15 +111,19 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, batches: BatchSources |
         if state["model_config"] != asdict(cfg.model):
             raise KrminiError(f"{path}: checkpoint was trained with a different model config; "
                               f"resume with the same config or start a new out_dir")
+        saved_optimizer = state.get("run_config", {}).get("train", {}).get("optimizer", "adamw")
+        if saved_optimizer != t.optimizer:
+            raise KrminiError(f"{path}: checkpoint was trained with train.optimizer={saved_optimizer}; "
+                              f"resume with the same optimizer or start a new out_dir")
         ckpt.load_model_weights(model, path)
         start_step = state["step"]
     elif complete_checkpoints(ckpt_root):
         raise KrminiError(f"{out}: already has checkpoints; pass --resume to continue or choose another out_dir")
     model = ddist.wrap_model(model, t.strategy, ctx, device)
-    optimizer = build_optimizer(model, t)
+    optimizers = build_optimizers(model, t)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     if state is not None:
-        ckpt.load_training_state(path, model, optimizer, state)
+        ckpt.load_training_state(path, model, optimizers, state)
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
     step_model = torch.compile(model) if t.compile else model
@@ -149,7 +153,7 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, batches: BatchSources |
               f"peak {peak / 1e12:.2f} TFLOP/s per device")
 
     def save(step: int) -> None:
-        weights, optim = ckpt.model_tensors(model), ckpt.optimizer_tensors(model, optimizer)
+        weights, optim = ckpt.model_tensors(model), ckpt.optimizer_tensors(model, optimizers)
         if ctx.is_main:
             extra = {"model_config": asdict(cfg.model), "run_config": asdict(cfg), "precision": precision,
                      "world_size": ctx.world_size, "scaler": scaler.state_dict() if scaler.is_enabled() else None}
@@ -163,9 +167,7 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, batches: BatchSources |
     window_start, window_tokens = time.perf_counter(), 0
     run_start, run_tokens = time.perf_counter(), 0
     for step in range(start_step, t.max_steps):
-        lr = lr_at(step, t)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = set_step(optimizers, step, t)
         loss_sum = torch.zeros((), device=device)
         for micro in range(t.grad_accum):
             first = (step * t.grad_accum + micro) * t.batch_size + offset
@@ -175,12 +177,15 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, batches: BatchSources |
                     _, loss = step_model(x, y)
                 scaler.scale(loss / t.grad_accum).backward()
             loss_sum += loss.detach()
-        scaler.unscale_(optimizer)
+        for opt in optimizers:
+            scaler.unscale_(opt)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-        scaler.step(optimizer)
+        for opt in optimizers:
+            scaler.step(opt)
         scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
         done = step + 1
         bar.update(1)
         if t.compile and step == start_step:

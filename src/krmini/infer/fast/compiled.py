@@ -87,7 +87,7 @@ def _decode_step(model: LlamaModel, tokens: torch.Tensor, positions: torch.Tenso
     x = model.model.embed_tokens(tokens)
     for i, layer in enumerate(model.model.layers):
         x = layer(x, cos, sin, cache, i, mask)
-    return model.lm_head(model.model.norm(x))[:, -1]
+    return model.logits(model.model.norm(x))[:, -1]
 
 
 def _streams_bf16_weights(model: LlamaModel) -> bool:

@@ -167,8 +167,12 @@ def fuse_for_decoding(model: LlamaModel, own_kernel: bool = True) -> LlamaModel:
             continue
         if all(type(m) is nn.Linear for m in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj)):
             block.self_attn = FusedAttention(attn, own_kernel)
-        if all(type(m) is nn.Linear for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj)):
-            block.mlp = FusedMLP(mlp, own_kernel)
+        if isinstance(mlp, MLP):
+            if all(type(m) is nn.Linear for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj)):
+                block.mlp = FusedMLP(mlp, own_kernel)
+        elif all(type(m) is nn.Linear for m in (mlp.up_proj, mlp.down_proj)):  # relu2: no gate to fuse with
+            mlp.up_proj = linear_for_decoding(mlp.up_proj.weight, own_kernel)
+            mlp.down_proj = linear_for_decoding(mlp.down_proj.weight, own_kernel)
     if type(model.lm_head) is nn.Linear:
         model.lm_head = linear_for_decoding(model.lm_head.weight, own_kernel)
     table = getattr(model.model.embed_tokens, "head", None)  # an int8 embedding: read a row at a time, untied
