@@ -17,6 +17,7 @@ BENCH_MODULES = [
     "krmini.bench.export",
     "krmini.bench.generate",
     "krmini.bench.train",
+    "krmini.bench.speedrun",
 ]
 
 
