@@ -210,6 +210,8 @@ def test_unknown_override_and_duplicate_names_are_one_line(inputs, capsys, monke
     assert "flavour" in one_error_line(code, err)
     code, _, err = run_cli(argv(inputs, "--entry", f"no_qk={inputs['ours']}"), capsys, monkeypatch)
     assert "names must be unique" in one_error_line(code, err)
+    code, _, err = run_cli(argv(inputs, "--entry", f"x={inputs['ours']}:train.compile=true"), capsys, monkeypatch)
+    assert "train.compile: not used by the speedrun" in one_error_line(code, err)
 
 
 def test_sweep_entries_and_learning_rates(inputs):

@@ -173,7 +173,7 @@ def interleave(states: list[EntryState], train_windows: dict, score: Scorer, eva
         for s in states:
             n = s.entry.max_steps * turn // evals - s.step
             start = time.perf_counter()
-            loss = train_steps(s, train_windows[s.entry.cfg.train.seq_len], n, device) if n else float("nan")
+            loss = train_steps(s, train_windows[s.entry.cfg.train.seq_len], n, device) if n else None
             if device.type == "cuda":
                 torch.cuda.synchronize()
             s.seconds += time.perf_counter() - start

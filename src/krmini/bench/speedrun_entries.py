@@ -22,13 +22,12 @@ from krmini.config import apply_overrides, from_dict, load_yaml
 from krmini.device import autocast
 from krmini.errors import KrminiError
 from krmini.model import LlamaModel
-from krmini.train.config import RunConfig, TrainConfig, resolve_config_path
+from krmini.train.config import PRESETS_DIR, RunConfig, TrainConfig, resolve_config_path
 from krmini.train.flops import matmul_parameters, training_flops_per_token
 from krmini.train.optim import build_optimizer, lr_at
 
 BASELINE, OURS_DEFAULT, OURS_NEW = "baseline", "ours_default", "ours_new"
-BUILT_IN = {BASELINE: "configs/speedrun/baseline.yaml", OURS_DEFAULT: "configs/speedrun/default.yaml",
-            OURS_NEW: "configs/speedrun/new.yaml"}
+BUILT_IN = {BASELINE: "speedrun/baseline.yaml", OURS_DEFAULT: "speedrun/default.yaml", OURS_NEW: "speedrun/new.yaml"}
 REFERENCE = OURS_DEFAULT  # the entry whose parameter count the others match
 PARAM_TOLERANCE = 0.05
 ENTRY_SYNTAX = "NAME=CONFIG[:key=value,key=value,...]"
@@ -91,21 +90,32 @@ def load_entry(name: str, source: str, overrides: list[str]) -> Entry:
     cfg.model.validate(f"{where} model")
     cfg.train.validate(f"{where} train")
     cfg.validate(where)
+    for key, value in (("train.compile", cfg.train.compile), ("train.init_from", cfg.train.init_from),
+                       ("lora", cfg.lora)):
+        if value:
+            raise KrminiError(f"{where} {key}: not used by the speedrun (every entry trains eagerly, from scratch, "
+                              "all of its weights); remove it")
     if gpt2 is not None and (min(gpt2.n_layer, gpt2.n_head) <= 0 or gpt2.n_embd < 0 or gpt2.n_embd % gpt2.n_head):
         raise KrminiError(f"{where} gpt2: n_layer and n_head must be positive and n_embd 0 (fitted) or a multiple of n_head, got {gpt2}")
     label = source + (":" + ",".join(overrides) if overrides else "")
     return Entry(name, label, cfg, gpt2)
 
 
-def load_entries(specs: list[str], built_in: bool = True) -> list[Entry]:
+def load_entries(specs: list[str]) -> list[Entry]:
     """The three built-in entries (each replaceable by an `--entry` of its name), then the extra ones."""
     parsed = [parse_entry(s) for s in specs]
     names = [p[0] for p in parsed]
     if len(set(names)) != len(names):
         raise KrminiError(f"--entry: names must be unique, got {names}")
     given = {name: (source, over) for name, source, over in parsed}
-    order = [*(BUILT_IN if built_in else ()), *(n for n in names if n not in BUILT_IN or not built_in)]
-    return [load_entry(n, *given.get(n, (BUILT_IN.get(n, ""), []))) for n in order]
+    entries = []
+    for name in [*BUILT_IN, *(n for n in names if n not in BUILT_IN)]:
+        if name in given:
+            entries.append(load_entry(name, *given[name]))
+        else:  # shipped with the package (configs/ in a clone is the same directory)
+            entries.append(replace(load_entry(name, str(PRESETS_DIR / BUILT_IN[name]), []),
+                                   source=f"configs/{BUILT_IN[name]}"))
+    return entries
 
 
 # ---- parameter counts ---------------------------------------------------------------------------
