@@ -27,7 +27,7 @@ OURS = {"model": {"vocab_size": 512, "hidden_size": 32, "intermediate_size": 64,
                   "tie_word_embeddings": True}, "train": TINY_TRAIN}
 GPT2 = {"gpt2": {"n_layer": 2, "n_head": 4}, "model": {"vocab_size": 512, "max_position_embeddings": 64},
         "train": TINY_TRAIN}
-FLOPS = 1e9
+FLOPS = 4e8
 
 
 @pytest.fixture(scope="module")

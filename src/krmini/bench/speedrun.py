@@ -54,7 +54,7 @@ from krmini.train.evaluation import evaluate
 from krmini.train.flops import measure_matmul_peak
 from krmini.train.trainer import _format_seconds
 
-DEFAULT_MINUTES = 10.0  # per entry: three entries and their evaluations fit in about 40 minutes on 2 cores
+DEFAULT_MINUTES = 10.0  # per entry: 30 minutes of training for the three entries (plus evaluations) on 2 cores
 CALIBRATION_S = 10.0  # at most this long (and 2% of the budget) timing a throwaway copy of each entry
 
 
