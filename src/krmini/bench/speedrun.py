@@ -228,6 +228,7 @@ def run(args) -> int:
               f"{shape} | {precisions[e.name]} | {flops_per_token(e) / 1e6:.1f} MFLOP/token | {e.max_steps:,} steps"
               f" (warmup {e.warmup_steps})" + (f", calibrated at {step_s:.3f} s/step" if step_s else "") + f" | {e.source}")
     peaks = {p: measure_matmul_peak(device, p, size=1024, seconds=0.5) for p in set(precisions.values())}
+    print("measured matmul peak (MFU is against it): " + ", ".join(f"{p} {v / 1e9:.0f} GFLOP/s" for p, v in peaks.items()))
     states = [start_entry(e, args.seed, device, precisions[e.name]) for e in entries]
     score = Scorer(tokenizer, texts, data_dir, args.eval_tokens, args.seed, device)
     interleave(states, train_windows, score, args.evals, device)
