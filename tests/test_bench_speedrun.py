@@ -145,7 +145,10 @@ def test_turns_interleave_and_only_training_time_counts(result, inputs):
     from krmini.data.loader import split_windows
 
     windows = {32: split_windows(inputs["out"] / "data", "train", 32, 0)[0]}
-    a, b = tiny_entry(inputs, "a"), tiny_entry(inputs, "b", "model.qk_norm=true")
+    # b: an ablation row with the newer switches (Muon + AdamW, WSD schedule, ReLU² MLP at 1.5× width: same count)
+    a, b = tiny_entry(inputs, "a"), tiny_entry(inputs, "b", "model.qk_norm=true", "train.optimizer=muon",
+                                                 "train.schedule=wsd", "model.mlp_act=relu2", "model.intermediate_size=96")
+    assert se.matmul_count(b) == se.matmul_count(a)
     a.max_steps, b.max_steps = 4, 7
     cpu = se.torch.device("cpu")
     states = [se.start_entry(e, 0, cpu, "fp32") for e in (a, b)]
@@ -165,6 +168,7 @@ def test_turns_interleave_and_only_training_time_counts(result, inputs):
     order = interleave(states, windows, Score(), 3, cpu, progress=False)
     wall = time.perf_counter() - start
     assert order == [("a", 1), ("b", 2), ("a", 1), ("b", 2), ("a", 2), ("b", 3)]
+    assert [len(s.optimizers) for s in states] == [1, 2]
     assert [s.step for s in states] == [4, 7] and [s.tokens for s in states] == [4 * 128, 7 * 128]
     assert [p["step"] for p in states[1].curve] == [0, 2, 4, 7]
     assert sum(s.seconds for s in states) <= wall - 8 * pause  # the 8 evaluations are not counted

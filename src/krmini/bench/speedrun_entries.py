@@ -24,7 +24,7 @@ from krmini.errors import KrminiError
 from krmini.model import LlamaModel
 from krmini.train.config import PRESETS_DIR, RunConfig, TrainConfig, resolve_config_path
 from krmini.train.flops import matmul_parameters, training_flops_per_token
-from krmini.train.optim import build_optimizer, lr_at
+from krmini.train.optim import build_optimizers, set_step
 
 BASELINE, OURS_DEFAULT, OURS_NEW = "baseline", "ours_default", "ours_new"
 BUILT_IN = {BASELINE: "speedrun/baseline.yaml", OURS_DEFAULT: "speedrun/default.yaml", OURS_NEW: "speedrun/new.yaml"}
@@ -57,7 +57,7 @@ class EntryState:
 
     entry: Entry
     model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
+    optimizers: list[torch.optim.Optimizer]  # AdamW, or Muon + AdamW (train.optimizer)
     scaler: torch.amp.GradScaler
     precision: str
     step: int = 0
@@ -195,7 +195,7 @@ def start_entry(entry: Entry, seed: int, device: torch.device, precision: str) -
     """Model and optimizer from `seed`: every entry (and every rebuild of one) starts the same way."""
     torch.manual_seed(seed)
     model = build_model(entry).to(device).train()
-    return EntryState(entry, model, build_optimizer(model, entry.cfg.train),
+    return EntryState(entry, model, build_optimizers(model, entry.cfg.train),
                       torch.amp.GradScaler(device.type, enabled=precision == "fp16"), precision)
 
 
@@ -205,24 +205,26 @@ def schedule(entry: Entry) -> TrainConfig:
 
 
 def train_steps(state: EntryState, windows, n: int, device: torch.device) -> float:
-    """`n` optimizer steps as the trainer takes them (warmup/cosine lr, gradient accumulation, autocast,
+    """`n` optimizer steps as the trainer takes them (scheduled lr, gradient accumulation, autocast,
     clipping); returns the mean training loss. Sample i of the run is the same for every entry."""
     t = schedule(state.entry)
     losses = torch.zeros((), device=device)
     for _ in range(n):
-        for group in state.optimizer.param_groups:
-            group["lr"] = lr_at(state.step, t)
+        set_step(state.optimizers, state.step, t)
         for micro in range(t.grad_accum):
             x, y = windows.batch((state.step * t.grad_accum + micro) * t.batch_size, t.batch_size, device)
             with autocast(device, state.precision):
                 _, loss = state.model(x, y)
             state.scaler.scale(loss / t.grad_accum).backward()
             losses += loss.detach() / t.grad_accum
-        state.scaler.unscale_(state.optimizer)
+        for opt in state.optimizers:
+            state.scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(state.model.parameters(), t.grad_clip)
-        state.scaler.step(state.optimizer)
+        for opt in state.optimizers:
+            state.scaler.step(opt)
         state.scaler.update()
-        state.optimizer.zero_grad(set_to_none=True)
+        for opt in state.optimizers:
+            opt.zero_grad(set_to_none=True)
         state.step += 1
         state.tokens += t.batch_size * t.grad_accum * t.seq_len
     return losses.item() / max(n, 1)
