@@ -197,6 +197,9 @@ def test_summary_gives_the_share_of_the_baseline_time():
     record = summary(states, {"fp32": 1e9}, counts, dict.fromkeys(counts, 60.0))
     # ours_default passes 1.8 between (40 s, 1.9) and (80 s, 1.7): at 60 s, 60% of the baseline's 100 s
     assert record["time_to_baseline_bpb"] == {"ours_default": pytest.approx(0.6), "ours_new": None}
+    # against ours_default's 1.7 at 80 s: the baseline and ours_new never get there
+    assert record["time_to_default_bpb"] == {"baseline": None, "ours_new": None}
+    assert record["entries"]["ours_default"]["seconds_to_baseline_bpb"] == pytest.approx(60)
     assert record["entries"]["ours_default"]["mfu"] == pytest.approx(100 * 60 / 1e9)
     assert record["entries"]["baseline"]["heldout_bpb"] == 1.8
     assert record["entries"]["baseline"]["val_bpb"] == pytest.approx(1.9)

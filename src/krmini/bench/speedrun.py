@@ -33,6 +33,7 @@ from krmini.bench.speedrun_data import heldout_texts, prepared_data
 from krmini.bench.speedrun_entries import (
     BASELINE,
     ENTRY_SYNTAX,
+    OURS_DEFAULT,
     REFERENCE,
     Entry,
     EntryState,
@@ -52,7 +53,7 @@ from krmini.hardware import cpu
 from krmini.runs import check_output, write_json_atomic
 from krmini.train.evaluation import evaluate
 from krmini.train.flops import measure_matmul_peak
-from krmini.train.trainer import _format_seconds
+from krmini.train.trainer import format_seconds
 
 DEFAULT_MINUTES = 10.0  # per entry: 30 minutes of training for the three entries (plus evaluations) on 2 cores
 CALIBRATION_S = 10.0  # at most this long (and 2% of the budget) timing a throwaway copy of each entry
@@ -183,7 +184,7 @@ def interleave(states: list[EntryState], train_windows: dict, score: Scorer, eva
             left = sum((x.entry.max_steps - x.step) * x.seconds / max(x.step, 1) for x in states)
             eta = left + (len(states) * (evals + 1) - score.count) * score.seconds / score.count
             bar.set_postfix_str(f"turn {turn}/{evals} | {s.entry.name} {s.tokens / max(s.seconds, 1e-9):,.0f} tok/s, "
-                                f"held-out {s.curve[-1]['heldout_bpb']:.3f} bpb | ETA {_format_seconds(eta)}")
+                                f"held-out {s.curve[-1]['heldout_bpb']:.3f} bpb | ETA {format_seconds(eta)}")
     bar.close()
     return order
 
@@ -237,6 +238,9 @@ def run(args) -> int:
     if "target_heldout_bpb" in record:
         print(f"→base: share of the baseline's {record['entries'][BASELINE]['seconds']:.0f} s an entry needed to "
               f"reach its final held-out {record['target_heldout_bpb']:.4f} bits/byte (interpolated)")
+    if "time_to_default_bpb" in record:
+        print(f"→default: the same against ours_default's {record['entries'][OURS_DEFAULT]['seconds']:.0f} s and "
+              f"{record['entries'][OURS_DEFAULT]['heldout_bpb']:.4f} bits/byte")
     if lrs:
         best_lr, best = min(zip(lrs, record["entries"].values(), strict=True), key=lambda pair: pair[1]["val_bpb"])
         record["sweep"] = {"lrs": lrs, "best_lr": best_lr}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from krmini.bench.speedrun_entries import BASELINE
+from krmini.bench.speedrun_entries import BASELINE, OURS_DEFAULT
 
 
 def time_to_reach(curve: list[dict], target: float, key: str = "heldout_bpb", x: str = "seconds") -> float | None:
@@ -23,8 +23,8 @@ def time_to_reach(curve: list[dict], target: float, key: str = "heldout_bpb", x:
 
 def summary(states: list, peaks: dict[str, float], counts: dict, flops: dict[str, float]) -> dict:
     """Per entry: parameters, what it used of its budget, MFU and its bits per byte at the budget;
-    then, for every entry but the baseline, the share of the baseline's time it needed to reach the
-    baseline's final held-out bits per byte."""
+    then, for every other entry, the share of the baseline's time it needed to reach the baseline's final
+    held-out bits per byte, and the same against ours_default."""
     entries = {}
     for s in states:
         last = s.curve[-1]
@@ -37,32 +37,41 @@ def summary(states: list, peaks: dict[str, float], counts: dict, flops: dict[str
             "heldout_bpb": last["heldout_bpb"], "val_bpb": last["val_bpb"], "curve": s.curve,
         }
     record: dict = {"entries": entries}
-    base = entries.get(BASELINE)
-    if base is not None:
-        target = base["heldout_bpb"]
-        record["target_heldout_bpb"] = target
-        record["time_to_baseline_bpb"] = {}
-        for name, e in entries.items():
-            if name == BASELINE:
-                continue
-            seconds = time_to_reach(e["curve"], target)
-            e["seconds_to_baseline_bpb"] = seconds
-            record["time_to_baseline_bpb"][name] = None if seconds is None else seconds / base["seconds"]
+    if BASELINE in entries:
+        record["target_heldout_bpb"] = entries[BASELINE]["heldout_bpb"]
+        record["time_to_baseline_bpb"] = shares_of(entries, BASELINE)
+        for name, share in record["time_to_baseline_bpb"].items():
+            entries[name]["seconds_to_baseline_bpb"] = None if share is None else share * entries[BASELINE]["seconds"]
+    if OURS_DEFAULT in entries:
+        record["time_to_default_bpb"] = shares_of(entries, OURS_DEFAULT)
     return record
+
+
+def shares_of(entries: dict, reference: str) -> dict[str, float | None]:
+    """For every entry but `reference`: the share of the reference's seconds it needed to reach the
+    reference's final held-out bits per byte (None where it never did)."""
+    ref = entries[reference]
+    shares = {}
+    for name, e in entries.items():
+        if name != reference:
+            seconds = time_to_reach(e["curve"], ref["heldout_bpb"])
+            shares[name] = None if seconds is None else seconds / ref["seconds"]
+    return shares
 
 
 def table(record: dict) -> str:
     head = (f"{'entry':<16}{'params':>11}{'total':>11}{'steps':>7}{'tokens':>12}{'seconds':>9}{'tok/s':>9}"
-            f"{'MFU':>6}{'heldout':>9}{'val':>8}{'→base':>8}")
+            f"{'MFU':>6}{'heldout':>9}{'val':>8}{'→base':>8}{'→default':>10}")
     lines = [head, "-" * len(head)]
-    ttb = record.get("time_to_baseline_bpb", {})
+    def reach(shares: dict, name: str) -> str:
+        return "" if name not in shares else ("never" if shares[name] is None else f"{shares[name]:.0%}")
+
+    ttb, ttd = record.get("time_to_baseline_bpb", {}), record.get("time_to_default_bpb", {})
     for name, e in record["entries"].items():
-        frac = ttb.get(name)
-        reach = "" if name not in ttb else ("never" if frac is None else f"{frac:.0%}")
         mfu = "" if e["mfu"] is None else f"{e['mfu']:.1%}"
         lines.append(f"{name:<16}{e['params']:>11,}{e['params_total']:>11,}{e['steps']:>7,}{e['tokens']:>12,}"
                      f"{e['seconds']:>9.1f}{e['tokens_per_s']:>9,.0f}{mfu:>6}{e['heldout_bpb']:>9.4f}"
-                     f"{e['val_bpb']:>8.4f}{reach:>8}")
+                     f"{e['val_bpb']:>8.4f}{reach(ttb, name):>8}{reach(ttd, name):>10}")
     return "\n".join(lines)
 
 

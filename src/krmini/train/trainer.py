@@ -55,7 +55,7 @@ class BatchSources:
     val_bytes_per_token: float  # raw UTF-8 bytes per validation token, for bits per byte
 
 
-def _format_seconds(s: float) -> str:
+def format_seconds(s: float) -> str:
     s = int(s)
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
@@ -209,7 +209,7 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, batches: BatchSources |
             if logs:
                 logs.write(last)
             bar.set_postfix_str(f"loss {loss_value:.3f} | lr {lr:.2e} | {tok_s:,.0f} tok/s | "
-                                f"MFU {last['mfu']:.0%} | ETA {_format_seconds(eta)}")
+                                f"MFU {last['mfu']:.0%} | ETA {format_seconds(eta)}")
             window_start, window_tokens = now, 0
         if done % t.eval_interval == 0 or done == t.max_steps:
             paused = time.perf_counter()
