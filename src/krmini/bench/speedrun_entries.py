@@ -23,8 +23,9 @@ from krmini.device import autocast
 from krmini.errors import KrminiError
 from krmini.model import LlamaModel
 from krmini.train.config import PRESETS_DIR, RunConfig, TrainConfig, resolve_config_path
+from krmini.train.flops import flops_per_token as flops_per_token_of
 from krmini.train.flops import matmul_parameters, training_flops_per_token
-from krmini.train.optim import build_optimizers, set_step
+from krmini.train.optim import build_optimizers, optimizer_step, set_step
 
 BASELINE, OURS_DEFAULT, OURS_NEW = "baseline", "ours_default", "ours_new"
 BUILT_IN = {BASELINE: "speedrun/baseline.yaml", OURS_DEFAULT: "speedrun/default.yaml", OURS_NEW: "speedrun/new.yaml"}
@@ -147,7 +148,7 @@ def flops_per_token(entry: Entry) -> float:
     t = entry.cfg.train.seq_len
     if entry.gpt2 is None:
         return training_flops_per_token(entry.cfg.model, t)
-    return 6 * matmul_count(entry) + 12 * entry.gpt2.n_layer * t * entry.gpt2.n_embd
+    return flops_per_token_of(matmul_count(entry), entry.gpt2.n_layer, t, entry.gpt2.n_embd)
 
 
 def match_parameters(entries: list[Entry]) -> dict[str, dict[str, int]]:
@@ -181,14 +182,14 @@ def build_model(entry: Entry) -> torch.nn.Module:
         return LlamaModel(entry.cfg.model)
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from krmini.bench.train import _HFLoss
+    from krmini.bench.train import HFLoss
 
     s, m = entry.gpt2, entry.cfg.model
     config = GPT2Config(vocab_size=m.vocab_size, n_positions=m.max_position_embeddings, n_embd=s.n_embd,
                         n_layer=s.n_layer, n_head=s.n_head, n_inner=4 * s.n_embd, resid_pdrop=0.0, embd_pdrop=0.0,
                         attn_pdrop=0.0, tie_word_embeddings=True, bos_token_id=None,
                         eos_token_id=None)
-    return _HFLoss(GPT2LMHeadModel(config))
+    return HFLoss(GPT2LMHeadModel(config))
 
 
 def start_entry(entry: Entry, seed: int, device: torch.device, precision: str) -> EntryState:
@@ -217,14 +218,7 @@ def train_steps(state: EntryState, windows, n: int, device: torch.device) -> flo
                 _, loss = state.model(x, y)
             state.scaler.scale(loss / t.grad_accum).backward()
             losses += loss.detach() / t.grad_accum
-        for opt in state.optimizers:
-            state.scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(state.model.parameters(), t.grad_clip)
-        for opt in state.optimizers:
-            state.scaler.step(opt)
-        state.scaler.update()
-        for opt in state.optimizers:
-            opt.zero_grad(set_to_none=True)
+        optimizer_step(state.model, state.optimizers, state.scaler, t.grad_clip)
         state.step += 1
         state.tokens += t.batch_size * t.grad_accum * t.seq_len
     return losses.item() / max(n, 1)

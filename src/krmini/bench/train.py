@@ -46,7 +46,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-class _HFLoss(torch.nn.Module):
+class HFLoss(torch.nn.Module):
     """HF's model behind our (input, target) → (logits, loss) call, so both are timed by one loop (and
     scored by the same evaluation code: `config.max_position_embeddings` is HF's name for the context)."""
 
@@ -93,7 +93,7 @@ def _build(cfg, device, precision: str, compiled: bool):
 
     torch.manual_seed(0)
     ours = LlamaModel(cfg.model).to(device).train()
-    hf = _HFLoss(to_hf_model(ours).to(device).train())
+    hf = HFLoss(to_hf_model(ours).to(device).train())
     train_cfg = TrainConfig()
     pairs = {}
     for name, model in (("ours", ours), ("hf", hf)):

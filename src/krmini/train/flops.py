@@ -25,7 +25,13 @@ def matmul_parameters(c: ModelConfig) -> int:
 
 
 def training_flops_per_token(c: ModelConfig, seq_len: int) -> float:
-    return 6 * matmul_parameters(c) + 12 * c.num_hidden_layers * seq_len * c.hidden_size
+    return flops_per_token(matmul_parameters(c), c.num_hidden_layers, seq_len, c.hidden_size)
+
+
+def flops_per_token(matmul_params: int, layers: int, seq_len: int, width: int) -> float:
+    """Training FLOPs per token of any decoder: 6·N for the matmuls' forward and backward, plus
+    12·L·T·d for attention's scores and weighted sums."""
+    return 6 * matmul_params + 12 * layers * seq_len * width
 
 
 def measure_matmul_peak(device: torch.device, precision: str = "fp32", size: int = 2048, seconds: float = 1.0) -> float:

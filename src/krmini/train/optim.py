@@ -79,6 +79,22 @@ def set_step(optimizers: list[torch.optim.Optimizer], step: int, cfg: TrainConfi
     return cfg.lr * factor
 
 
+def optimizer_step(model: torch.nn.Module, optimizers: list[torch.optim.Optimizer], scaler: torch.amp.GradScaler,
+                   grad_clip: float) -> torch.Tensor:
+    """After backward: unscale (fp16), clip the global gradient norm, step every optimizer, clear the
+    gradients. Returns the norm before clipping (a plain tensor also when FSDP shards it)."""
+    for opt in optimizers:
+        scaler.unscale_(opt)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+    for opt in optimizers:
+        scaler.step(opt)
+    scaler.update()
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    return grad_norm
+
+
 def muon_momentum_at(step: int, cfg: TrainConfig) -> float:
     """`muon_momentum`, or with `muon_momentum_warmup_steps` a linear ramp from 0.85 to it (modded-nanogpt:
     early gradients change fast, so a shorter memory helps at first)."""

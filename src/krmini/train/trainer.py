@@ -41,7 +41,7 @@ from krmini.train.flops import measure_matmul_peak, training_flops_per_token
 from krmini.train.loggers import RunLoggers
 from krmini.train.lora import apply_lora
 from krmini.train.metrics import plot_loss, plot_training
-from krmini.train.optim import build_optimizers, set_step
+from krmini.train.optim import build_optimizers, optimizer_step, set_step
 
 __all__ = ["BatchSources", "evaluate", "train"]
 
@@ -177,15 +177,7 @@ def _train(cfg: RunConfig, resume: bool, progress: bool, batches: BatchSources |
                     _, loss = step_model(x, y)
                 scaler.scale(loss / t.grad_accum).backward()
             loss_sum += loss.detach()
-        for opt in optimizers:
-            scaler.unscale_(opt)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-        for opt in optimizers:
-            scaler.step(opt)
-        scaler.update()
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
+        grad_norm = optimizer_step(model, optimizers, scaler, t.grad_clip)
         done = step + 1
         bar.update(1)
         if t.compile and step == start_step:
