@@ -109,6 +109,11 @@ def test_data_is_reused_and_a_foreign_directory_refused(result, inputs, tmp_path
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(KrminiError, match="holds no data.json"):
         prepared_data(inputs["data"], config, tmp_path, 512)
+    # what the benchmarks write themselves is not foreign: another vocabulary's data, the curves
+    (tmp_path / "notes.txt").unlink()
+    (tmp_path / "vocab-384").mkdir()
+    (tmp_path / "speedrun.png").write_bytes(b"")
+    assert prepared_data(inputs["data"], config, tmp_path, 512)[1] == tmp_path / "data"
 
 
 def test_gpt2_is_sized_within_five_percent_of_ours_default():
@@ -144,7 +149,7 @@ def test_flops_budget_and_calibrated_time_budget(result, inputs):
 def test_turns_interleave_and_only_training_time_counts(result, inputs):
     from krmini.data.loader import split_windows
 
-    windows = {32: split_windows(inputs["out"] / "data", "train", 32, 0)[0]}
+    train = split_windows(inputs["out"] / "data", "train", 32, 0)[0]
     # b: an ablation row with the newer switches (Muon + AdamW, WSD schedule, ReLU² MLP at 1.5× width: same count)
     a, b = tiny_entry(inputs, "a"), tiny_entry(inputs, "b", "model.qk_norm=true", "train.optimizer=muon",
                                                  "train.schedule=wsd", "model.mlp_act=relu2", "model.intermediate_size=96")
@@ -165,7 +170,8 @@ def test_turns_interleave_and_only_training_time_counts(result, inputs):
                     "val_bpb": 1.0}
 
     start = time.perf_counter()
-    order = interleave(states, windows, Score(), 3, cpu, progress=False)
+    score = Score()
+    order = interleave(states, {"a": train, "b": train}, {"a": score, "b": score}, 3, cpu, progress=False)
     wall = time.perf_counter() - start
     assert order == [("a", 1), ("b", 2), ("a", 1), ("b", 2), ("a", 2), ("b", 3)]
     assert [len(s.optimizers) for s in states] == [1, 2]
@@ -230,3 +236,54 @@ def test_sweep_entries_and_learning_rates(inputs):
     swept = sweep_entries(entries, [1e-3, 4e-3])
     assert [e.name for e in swept] == ["baseline@lr=0.001", "baseline@lr=0.004", "ours_default"]
     assert [e.cfg.train.lr for e in swept[:2]] == [1e-3, 4e-3] and entries[0].cfg.train.lr == 3e-3
+
+
+def test_vocabulary_sizes_each_get_their_tokenizer_and_the_same_heldout_text(inputs, tmp_path):
+    from krmini.cli import main
+
+    report = tmp_path / "vocab.json"
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert main(argv(inputs, "--flops", str(FLOPS), "--vocab-sizes", "384,640", "--json", str(report))) == 0
+    record = json.loads(report.read_text(encoding="utf-8"))
+    assert list(record["entries"]) == ["vocab=384", "vocab=640"]
+    assert record["protocol"]["vocab_sizes"] == {"vocab=384": 384, "vocab=640": 640}
+    small, large = record["entries"].values()
+    assert large["params"] - small["params"] == (640 - 384) * 32  # only the head grows (untied ours_new)
+    assert large["steps"] < small["steps"]  # the same FLOPs buy fewer steps of the bigger head
+    for v in (384, 640):
+        marker = json.loads((inputs["out"] / f"vocab-{v}" / "data.json").read_text(encoding="utf-8"))
+        assert marker["vocab_size"] == v
+    assert all(0 < e["heldout_bpb"] < e["curve"][0]["heldout_bpb"] for e in (small, large))
+    with pytest.raises(KrminiError, match="--vocab-sizes"):
+        from krmini.bench.speedrun import parse_vocab_sizes
+        parse_vocab_sizes("8000,8000")
+
+
+def test_scaling_runs_depths_and_budgets_and_fits(inputs, tmp_path):
+    from krmini.bench.scaling import fit
+    from krmini.cli import main
+
+    report, fit_out = tmp_path / "scaling.json", tmp_path / "fit.json"
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert main(["bench", "scaling", "--data", str(inputs["data"]), "--heldout", str(inputs["heldout"]),
+                     "--out", str(inputs["out"]), "--config", str(inputs["ours"]), "--depths", "1,2",
+                     "--flops", "4e8,8e8,1.6e9", "--threads", "1", "--evals", "1", "--eval-tokens", "64",
+                     "--json", str(report), "--fit-out", str(fit_out)]) == 0
+    record = json.loads(report.read_text(encoding="utf-8"))
+    points = record["points"]
+    assert [(p["depth"], p["flops"]) for p in points] == [(d, c) for d in (1, 2) for c in (4e8, 8e8, 1.6e9)]
+    for p in points:
+        assert p["tokens"] == int(p["flops"] // (p["flops_per_token"] * 128)) * 128
+    from krmini.train.plan import load_fits
+
+    fits = load_fits(fit_out)
+    assert set(fits) == {"heldout_bpb", "val_bpb"} and fits["val_bpb"].n_range == [min(p["params"] for p in points),
+                                                                                 max(p["params"] for p in points)]
+    assert (inputs["out"] / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+    # the fit recovers a known law from exact points
+    truth = {"E": 1.2, "A": 50.0, "alpha": 0.35, "B": 80.0, "beta": 0.3}
+    synthetic = [{"params": n, "tokens": d, "bpb": truth["E"] + truth["A"] / n**0.35 + truth["B"] / d**0.3}
+                 for n in (1e5, 4e5, 2e6, 8e6) for d in (1e5, 1e6, 1e7)]
+    got = fit(synthetic, "bpb", "synthetic")
+    assert (got.alpha, got.beta) == (0.35, 0.3) and got.rmse < 1e-9
+    assert pytest.approx((1.2, 50.0, 80.0)) == (got.E, got.A, got.B)

@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "krmini.data.download",
     "krmini.data.tokenizer_cli",
     "krmini.train.info_cli",
+    "krmini.train.plan_cli",
     "krmini.train.cli",
     "krmini.infer.cli",
     "krmini.lab.cli",

@@ -18,6 +18,7 @@ BENCH_MODULES = [
     "krmini.bench.generate",
     "krmini.bench.train",
     "krmini.bench.speedrun",
+    "krmini.bench.scaling",
 ]
 
 

@@ -34,13 +34,17 @@ from krmini.bench.speedrun_entries import (
     BASELINE,
     ENTRY_SYNTAX,
     OURS_DEFAULT,
+    OURS_NEW,
     REFERENCE,
     Entry,
     EntryState,
+    build_model,
     flops_per_token,
     load_entries,
     match_parameters,
+    matmul_count,
     start_entry,
+    total_parameters,
     train_steps,
 )
 from krmini.bench.speedrun_report import plot, summary, table
@@ -80,6 +84,9 @@ def register(subparsers) -> None:
                    "baseline, ours_default, ours_new; e.g. no_qk=configs/speedrun/new.yaml:model.qk_norm=false")
     p.add_argument("--sweep-baseline-lr", metavar="LR,LR,...", help="instead: train only the baseline, once per "
                    "learning rate, under the same protocol, and report the best on the validation split")
+    p.add_argument("--vocab-sizes", metavar="V,V,...", help="instead: train ours_new once per vocabulary size, each "
+                   "with its own tokenizer and data (OUT/vocab-V), for the same budget; a bigger vocabulary has a "
+                   "bigger head, so parameters are not matched")
     p.add_argument("--evals", type=POSITIVE_INT, default=10, help="evaluation points (and turns) per entry (default 10)")
     p.add_argument("--eval-tokens", type=POSITIVE_INT, default=32768, help="tokens scored per evaluation on each "
                    "held-out set (default 32768)")
@@ -108,6 +115,26 @@ def sweep_entries(entries: list[Entry], lrs: list[float]) -> list[Entry]:
     runs = [replace(base, name=f"{BASELINE}@lr={lr:g}", source=f"{base.source}:train.lr={lr:g}",
                     cfg=replace(base.cfg, train=replace(base.cfg.train, lr=lr))) for lr in lrs]
     return [*runs, next(e for e in entries if e.name == REFERENCE)]
+
+
+def parse_vocab_sizes(text: str | None) -> list[int]:
+    if text is None:
+        return []
+    try:
+        sizes = [int(v) for v in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or not all(256 + 16 <= v <= 262_144 for v in sizes) or len(set(sizes)) != len(sizes):
+        raise KrminiError(f"--vocab-sizes {text!r}: expected distinct vocabulary sizes from 272 to 262144, "
+                          "e.g. 8000,16000,32000,64000")
+    return sizes
+
+
+def vocab_entries(entries: list[Entry], sizes: list[int]) -> list[Entry]:
+    """ours_new once per vocabulary size (named vocab=…)."""
+    new = next(e for e in entries if e.name == OURS_NEW)
+    return [replace(new, name=f"vocab={v}", source=f"{new.source}:model.vocab_size={v}",
+                    cfg=replace(new.cfg, model=replace(new.cfg.model, vocab_size=v))) for v in sizes]
 
 
 def plan_steps(entry: Entry, budget_s: float | None, budget_flops: float | None, seed: int, windows,
@@ -162,27 +189,30 @@ class Scorer:
                 "heldout_bpb": held.bits_per_byte, "val_bpb": val["val_bpb"]}
 
 
-def interleave(states: list[EntryState], train_windows: dict, score: Scorer, evals: int, device: torch.device,
-               progress: bool = True) -> list[tuple[str, int]]:
-    """Train the entries in turns of 1/`evals` of their steps; returns the order of (entry, steps) turns."""
+def interleave(states: list[EntryState], windows: dict[str, object], scorers: dict[str, Scorer], evals: int,
+               device: torch.device, progress: bool = True) -> list[tuple[str, int]]:
+    """Train the entries in turns of 1/`evals` of their steps, each on its training windows and scored by
+    its scorer (both by entry name); returns the order of (entry, steps) turns."""
     order = []
     for s in states:
-        s.curve.append({**score(s), "train_loss": None})
+        s.curve.append({**scorers[s.entry.name](s), "train_loss": None})
+    unique = list({id(v): v for v in scorers.values()}.values())
     bar = tqdm(total=sum(s.entry.max_steps for s in states), desc="speedrun", unit="step", dynamic_ncols=True,
                disable=not progress)
     for turn in range(1, evals + 1):
         for s in states:
             n = s.entry.max_steps * turn // evals - s.step
             start = time.perf_counter()
-            loss = train_steps(s, train_windows[s.entry.cfg.train.seq_len], n, device) if n else None
+            loss = train_steps(s, windows[s.entry.name], n, device) if n else None
             if device.type == "cuda":
                 torch.cuda.synchronize()
             s.seconds += time.perf_counter() - start
             order.append((s.entry.name, n))
-            s.curve.append({**score(s), "train_loss": loss})
+            s.curve.append({**scorers[s.entry.name](s), "train_loss": loss})
             bar.update(n)
             left = sum((x.entry.max_steps - x.step) * x.seconds / max(x.step, 1) for x in states)
-            eta = left + (len(states) * (evals + 1) - score.count) * score.seconds / score.count
+            done = sum(sc.count for sc in unique)
+            eta = left + (len(states) * (evals + 1) - done) * sum(sc.seconds for sc in unique) / max(done, 1)
             bar.set_postfix_str(f"turn {turn}/{evals} | {s.entry.name} {s.tokens / max(s.seconds, 1e-9):,.0f} tok/s, "
                                 f"held-out {s.curve[-1]['heldout_bpb']:.3f} bpb | ETA {format_seconds(eta)}")
     bar.close()
@@ -203,26 +233,38 @@ def run(args) -> int:
     entries = load_entries(args.entry)
     if lrs:
         entries = sweep_entries(entries, lrs)
+    vocabs = parse_vocab_sizes(args.vocab_sizes)
+    if vocabs:
+        entries = vocab_entries(entries, vocabs)
     torch.set_num_threads(args.threads)
-    reference = next(e for e in entries if e.name == REFERENCE)
-    counts = match_parameters(entries)
-    tokenizer, data_dir = prepared_data(args.data, data_config, out, reference.cfg.model.vocab_size)
-    if lrs:  # the reference only sized the baseline
-        entries = [e for e in entries if e.name != REFERENCE]
-    texts = heldout_texts(texts, tokenizer, args.eval_tokens)
+    if vocabs:  # each size has its own tokenizer and data; a bigger vocabulary is a bigger head: nothing to match
+        counts = {e.name: {"matmul": matmul_count(e), "total": total_parameters(build_model(e))} for e in entries}
+        data = {e.name: prepared_data(args.data, data_config, out / f"vocab-{v}", v)
+                for e, v in zip(entries, vocabs, strict=True)}
+    else:
+        reference = next(e for e in entries if e.name == REFERENCE)
+        counts = match_parameters(entries)
+        shared = prepared_data(args.data, data_config, out, reference.cfg.model.vocab_size)
+        if lrs:  # the reference only sized the baseline
+            entries = [e for e in entries if e.name != REFERENCE]
+        data = {e.name: shared for e in entries}
+    texts = heldout_texts(texts, data[entries[0].name][0], args.eval_tokens)  # the same documents for every entry
     precisions = {e.name: pick_precision(e.cfg.train.precision, device) for e in entries}
-    train_windows = {}
+    train_windows, scorers, made = {}, {}, {}
     for e in entries:
-        seq = e.cfg.train.seq_len
-        if seq not in train_windows:
-            train_windows[seq] = split_windows(data_dir, "train", seq, args.seed)[0]
+        tokenizer, data_dir = data[e.name]
+        key = (str(data_dir), e.cfg.train.seq_len)
+        if key not in made:
+            made[key] = split_windows(data_dir, "train", e.cfg.train.seq_len, args.seed)[0]
+        if str(data_dir) not in made:
+            made[str(data_dir)] = Scorer(tokenizer, texts, data_dir, args.eval_tokens, args.seed, device)
+        train_windows[e.name], scorers[e.name] = made[key], made[str(data_dir)]
     budget_s = None if args.flops else 60 * (args.minutes or DEFAULT_MINUTES)
     budget = f"{args.flops:.3g} FLOPs" if args.flops else f"{budget_s / 60:g} min of training steps"
     where = cpu().model if device.type == "cpu" else torch.cuda.get_device_name(device)
     print(f"speedrun: {len(entries)} entries × {budget} each | {device} ({where}), {args.threads} threads | seed {args.seed} | {args.evals} evaluations of {args.eval_tokens:,} tokens per set")
     for e in entries:
-        step_s = plan_steps(e, budget_s, args.flops, args.seed, train_windows[e.cfg.train.seq_len], device,
-                            precisions[e.name])
+        step_s = plan_steps(e, budget_s, args.flops, args.seed, train_windows[e.name], device, precisions[e.name])
         shape = (f"GPT-2 {e.gpt2.n_layer} layers × {e.gpt2.n_embd} wide" if e.gpt2 else
                  f"ours {e.cfg.model.num_hidden_layers} layers × {e.cfg.model.hidden_size} wide")
         print(f"  {e.name:<16} {counts[e.name]['matmul']:>11,} params in matmuls ({counts[e.name]['total']:,} in all) | "
@@ -231,8 +273,7 @@ def run(args) -> int:
     peaks = {p: measure_matmul_peak(device, p, size=1024, seconds=0.5) for p in set(precisions.values())}
     print("measured matmul peak (MFU is against it): " + ", ".join(f"{p} {v / 1e9:.0f} GFLOP/s" for p, v in peaks.items()))
     states = [start_entry(e, args.seed, device, precisions[e.name]) for e in entries]
-    score = Scorer(tokenizer, texts, data_dir, args.eval_tokens, args.seed, device)
-    interleave(states, train_windows, score, args.evals, device)
+    interleave(states, train_windows, scorers, args.evals, device)
     record = summary(states, peaks, counts, {e.name: flops_per_token(e) for e in entries})
     print(table(record))
     if "target_heldout_bpb" in record:
@@ -252,6 +293,7 @@ def run(args) -> int:
         protocol = {"budget_seconds": budget_s, "budget_flops": args.flops, "evals": args.evals,
                     "eval_tokens": args.eval_tokens, "seed": args.seed, "device": str(device), "threads": args.threads,
                     "machine": where, "data": args.data, "heldout": args.heldout, "heldout_documents": len(texts),
-                    "vocab_size": tokenizer.vocab_size, "eval_seconds": score.seconds}
+                    "vocab_sizes": {n: d[0].vocab_size for n, d in data.items()},
+                    "eval_seconds": sum({id(v): v.seconds for v in scorers.values()}.values())}
         write_json_atomic(args.json, {"protocol": protocol, "peaks": peaks, **record})
     return 0

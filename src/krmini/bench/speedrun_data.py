@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -25,6 +26,9 @@ from krmini.tokenizer import KoTokenizer
 
 MARKER = "data.json"
 FORMAT = 1
+# what the benchmarks themselves put in a work directory besides the data: other vocabularies' data
+# (`speedrun --vocab-sizes`), the curves and the scaling fit
+OWN = re.compile(r"^(vocab-\d+|speedrun\.png|scaling\.png|scaling-fit\.json)$")
 
 
 def cache_key(config_path: str | Path, config: DataConfig, vocab_size: int) -> str:
@@ -50,7 +54,7 @@ def prepared_data(config_path: str | Path, config: DataConfig, out: Path, vocab_
         marker.unlink()
         for stale in (tok_dir, data_dir):
             shutil.rmtree(stale, ignore_errors=True)
-    elif out.is_dir() and any(out.iterdir()):
+    elif out.is_dir() and any(not OWN.match(p.name) for p in out.iterdir()):
         raise KrminiError(f"{out}: directory is not empty and holds no {MARKER}; choose another --out")
     problems = ReadProblems(strict=config.prepare.strict)
     texts = texts_in_split((d.text for s in config.sources for d in read_source(s, problems)),

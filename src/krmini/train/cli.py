@@ -9,11 +9,12 @@ from pathlib import Path
 
 from krmini.argtypes import Parser, cores
 from krmini.errors import KrminiError, exit_code
-from krmini.runs import check_output, run_dir
+from krmini.runs import check_output, run_dir, write_text_atomic
 from krmini.train.config import load_run_config
 from krmini.train.continued import DEFAULT_CONFIG, continued_config
 from krmini.train.distributed import launch
 from krmini.train.lora import parse_lora_spec
+from krmini.train.plan import PLAN_FILE, describe, plan_overrides, plan_run, planned_yaml
 from krmini.train.trainer import train
 
 DESCRIPTION = (
@@ -51,6 +52,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora", metavar="SPEC",
                    help="with --init-from: train LoRA adapters only, e.g. r=16,alpha=32 (domain tuning of a large "
                    "imported model)")
+    p.add_argument("--budget", metavar="BUDGET",
+                   help="size the model and run for a budget: 30m, 2h, 90s of training steps or FLOPs such as 1e17 "
+                   "(`krmini plan`: depth, width, tokens, batch and lrs from our scaling fit; vocabulary, context and "
+                   "the rest from --config)")
     p.add_argument("--data", help="shorthand for train.data_dir=…")
     p.add_argument("--out", help="shorthand for train.out_dir=…")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
@@ -67,6 +72,9 @@ def run(args) -> int:
         if flag:
             overrides.append(f"{key}={flag}")
     # check the config before starting any process
+    if args.budget and (args.init_from or args.resume):
+        raise KrminiError(f"--budget: sizes a new model, not with {'--init-from' if args.init_from else '--resume'}; "
+                          "resume a planned run with --config OUT/plan.yaml --resume")
     if args.init_from:
         lora = parse_lora_spec(args.lora) if args.lora else None
         cfg = continued_config(args.init_from, args.config, args.tokenizer, overrides, lora)
@@ -74,12 +82,22 @@ def run(args) -> int:
         raise KrminiError("--config: required (a run config YAML or preset name), unless --init-from is given")
     elif args.tokenizer or args.lora:
         raise KrminiError(f"{'--tokenizer' if args.tokenizer else '--lora'}: only with --init-from RUN")
+    elif args.budget:
+        if args.nproc or "WORLD_SIZE" in os.environ:
+            raise KrminiError("--budget: plans one device; with several, write the plan once (`krmini plan --budget "
+                              f"{args.budget} --config {args.config} --write plan.yaml`) and train --config plan.yaml")
+        budget, plan, fits = plan_run(args.budget, load_run_config(args.config, overrides), args.device or "auto")
+        print("\n".join(describe(plan, budget, fits)))
+        planned = planned_yaml(args.config, overrides, plan, f"krmini train --budget {args.budget}")
+        cfg = load_run_config(args.config, [*overrides, *plan_overrides(plan)])
     else:
         cfg = load_run_config(args.config, overrides)
     reads = [p for p in (cfg.train.data_dir, cfg.train.tokenizer) if p]
     if cfg.train.init_from:
         reads.append(run_dir(Path(cfg.train.init_from)))  # the source run is only read
     check_output(cfg.train.out_dir, "dir", reads)
+    if args.budget:  # the plan depends on a measurement: keep it, so the run can be resumed as planned
+        write_text_atomic(Path(cfg.train.out_dir) / PLAN_FILE, planned)
     if args.nproc and "WORLD_SIZE" not in os.environ:
         given = [(flag, value) for flag, value in (("--config", args.config), ("--init-from", args.init_from),
                                                    ("--tokenizer", args.tokenizer), ("--lora", args.lora)) if value]
