@@ -3,6 +3,7 @@ the batch rule, and plans that fit their budget."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -99,3 +100,26 @@ def test_the_shipped_fit_loads_and_predicts_less_with_more():
     n, d = f.n_range[0], f.d_range[0]
     assert f.predict(n * 2, d) < f.predict(n, d) and f.predict(n, d * 2) < f.predict(n, d)
     assert 0 < f.rmse < 0.1 and set(fits) == {"heldout_bpb", "val_bpb"}
+
+
+def test_train_with_a_budget_trains_the_plan_and_keeps_it(micro_data, tmp_path, capsys, monkeypatch):
+    from krmini.cli import main
+    from tests.hostile.walk import one_error_line, run_cli
+
+    out = tmp_path / "planned"
+    small = ["model.vocab_size=512", "model.max_position_embeddings=64", "train.seq_len=32", "train.precision=fp32",
+             "train.eval_tokens=512", "train.tensorboard=false", "train.log_interval=10"]
+    assert main(["train", "--config", "chat-demo", "--budget", "2e10", "--data", str(micro_data), "--out", str(out),
+                 "--device", "cpu", *small]) == 0
+    said = capsys.readouterr().out
+    assert "plan for 2e+10 FLOPs: depth" in said
+    kept = load_run_config(str(out / "plan.yaml"))
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert max(r["step"] for r in metrics) == kept.train.max_steps
+    assert kept.train.optimizer == "muon" and kept.model.vocab_size == 512
+    tokens = kept.train.max_steps * kept.train.batch_size * kept.train.grad_accum * 32
+    assert tokens * training_flops_per_token(kept.model, 32) <= 2e10
+    for extra, what in ((["--resume"], "not with --resume"), (["--nproc", "2"], "plans one device")):
+        code, _, err = run_cli(["train", "--config", "chat-demo", "--budget", "2e10", "--data", str(micro_data),
+                                "--out", str(tmp_path / "x"), *extra, *small], capsys, monkeypatch)
+        assert what in one_error_line(code, err)

@@ -1,6 +1,7 @@
 """Parameter counts and memory estimates, computed from the config alone (no model is built).
 
-Training memory = weights + gradients + AdamW's two moments + activations kept for backward.
+Training memory = weights + gradients + optimizer state (AdamW's two moments, or Muon's one momentum
+buffer for the blocks' matrices) + activations kept for backward.
 The activation term counts the tensors each block saves per token; it is an estimate, checked
 against measured peaks in the tests.
 """
@@ -70,15 +71,26 @@ def activation_bytes(c: ModelConfig, batch: int, seq_len: int, act_bytes: int) -
     return tokens * (c.num_hidden_layers * per_layer + 2 * h * 4 + 4 * c.vocab_size * 4)
 
 
-def estimate_memory(c: ModelConfig, batch: int, seq_len: int, precision: str = "fp32") -> MemoryEstimate:
+def block_matrix_parameters(c: ModelConfig) -> int:
+    """The decoder blocks' matrices (q, k, v, o, gate, up, down): what train.optimizer=muon gives to Muon."""
+    counts = count_parameters(c)
+    q, kv = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+    per_layer = 2 * c.hidden_size + 2 * c.head_dim * c.qk_norm + (q + 2 * kv) * c.qkv_bias  # norms, biases
+    return counts["layers"] - c.num_hidden_layers * per_layer
+
+
+def estimate_memory(c: ModelConfig, batch: int, seq_len: int, precision: str = "fp32",
+                    optimizer: str = "adamw") -> MemoryEstimate:
     """Peak memory of a training step. Under bf16/fp16 autocast the master weights stay fp32 and
-    autocast keeps a half-precision copy of each weight during the step."""
+    autocast keeps a half-precision copy of each weight during the step. AdamW keeps two fp32
+    moments per parameter; with optimizer="muon" the blocks' matrices keep one momentum buffer."""
     params = count_parameters(c)["total"]
+    muon = block_matrix_parameters(c) if optimizer == "muon" else 0
     act_bytes = 4 if precision == "fp32" else 2
     return MemoryEstimate(
         weights=params * (4 if precision == "fp32" else 6),
         gradients=params * 4,
-        optimizer=params * 8,
+        optimizer=(params - muon) * 8 + muon * 4,
         activations=activation_bytes(c, batch, seq_len, act_bytes),
         step_temporaries=params * 4,
     )

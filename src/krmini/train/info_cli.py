@@ -14,8 +14,9 @@ from krmini.train.config import load_run_config
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "model-info", help="파라미터 수·메모리 추정 / parameters and estimated memory of a config",
-        description="Print parameter counts and estimated training memory (weights, gradients, AdamW state, "
-        "activations) for a run config, without building the model.",
+        description="Print parameter counts and estimated training memory (weights, gradients, optimizer state: "
+        "AdamW's, or Muon's for the blocks with train.optimizer=muon, activations) for a run config, without building "
+        "the model.",
     )
     p.add_argument("config", help="run config YAML (e.g. configs/small.yaml)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model.num_hidden_layers=6")
@@ -34,7 +35,7 @@ def run(args) -> int:
     batch, seq_len = cfg.train.batch_size, cfg.train.seq_len
     precision = args.precision or ("fp32" if cfg.train.precision in ("auto", "fp32") else cfg.train.precision)
     counts = count_parameters(m)
-    mem = estimate_memory(m, batch, seq_len, precision)
+    mem = estimate_memory(m, batch, seq_len, precision, cfg.train.optimizer)
     print(f"config: {args.config}")
     print(f"  vocab {m.vocab_size}, hidden {m.hidden_size}, layers {m.num_hidden_layers}, heads "
           f"{m.num_attention_heads} (kv {m.num_key_value_heads}, head_dim {m.head_dim}), SwiGLU "
@@ -44,7 +45,8 @@ def run(args) -> int:
         print(f"  {name:<12} {n:>15,}  ({n / 1e6:.1f}M)")
     print(f"memory, training at batch {batch} × {seq_len} tokens, {precision} activations:")
     for name in ("weights", "gradients", "optimizer", "activations", "step_temporaries", "runtime"):
-        print(f"  {name:<16} {human_bytes(getattr(mem, name)):>12}")
+        note = f"  ({cfg.train.optimizer})" if name == "optimizer" else ""
+        print(f"  {name:<16} {human_bytes(getattr(mem, name)):>12}{note}")
     print(f"  {'peak':<16} {human_bytes(mem.training):>12}  (weights + gradients + optimizer + "
           "max(activations, step_temporaries) + runtime)")
     print(f"inference weights: fp32 {human_bytes(counts['total'] * 4)}, bf16 {human_bytes(counts['total'] * 2)}, "
