@@ -33,7 +33,7 @@ def run(cmd: list, cwd: Path, timeout: int = 1800) -> str:
 
 def data_files() -> list[str]:
     """Non-Python files the package must ship, as paths inside the wheel."""
-    files = list((PACKAGE / "presets").rglob("*.yaml"))
+    files = list((PACKAGE / "presets").rglob("*.yaml")) + list((PACKAGE / "presets").rglob("*.json"))
     files += list((PACKAGE / "serve").glob("*.html"))
     files += list((PACKAGE / "infer").rglob("*.cpp"))
     return sorted(p.relative_to(PACKAGE.parent).as_posix() for p in files)

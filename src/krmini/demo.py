@@ -2,7 +2,8 @@
 
 Default corpus: the Constitution of Korea and ten National Assembly bills from the `konlpy` package
 (`konlpy/data/corpus/kolaw`, `kobill`), read as plain text files — no Java needed. Steps: train a
-tokenizer → prepare shards → train the tiny preset → print continuations of Korean prompts.
+tokenizer → prepare shards → train the demo preset (tiny's shape, the new recipe) → print
+continuations of Korean prompts.
 """
 
 from __future__ import annotations
@@ -39,12 +40,13 @@ def konlpy_corpus() -> list[Path]:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "demo", help="전체 과정 데모 / the whole path on a small Korean corpus, in minutes on a CPU",
-        description="Train a tokenizer and the tiny model on KoNLPy's bundled Korean corpus (or --corpus), "
+        description="Train a tokenizer and the demo model (tiny's shape, the new recipe) on KoNLPy's bundled Korean corpus (or --corpus), "
         "then print continuations of Korean prompts. Leaves everything under runs/demo/.",
     )
     p.add_argument("--corpus", nargs="+", help="your own .txt/.jsonl files or directories instead")
     p.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
-    p.add_argument("--config", default="tiny", help="run config or preset (default: tiny)")
+    p.add_argument("--config", default="demo", help="run config or preset (default: demo, the tiny shape with the "
+                   "new recipe)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=100")
     p.add_argument("--prompt", action="append", help="prompt(s) to continue (default: three Korean prompts)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")

@@ -15,7 +15,8 @@ utilisation picks a first depth, a few timed training steps of that model give i
 the depth is chosen again at that rate (and timed again if it changed). The step count then comes
 from the timed seconds per step, so the plan fits the budget on this machine.
 
-The rest follows the new recipe (configs/speedrun/new.yaml): Muon at 0.02 for the blocks, AdamW for
+The rest follows the new recipe (configs/speedrun/new.yaml), as the fit measured it: an untied head,
+zero-initialised output projections, Muon at 0.02 for the blocks, AdamW for
 embeddings, head and norms at 2e-3 · sqrt(256 / width) (the lr measured at width 256, scaled as
 nanochat scales it), warmup–stable–decay with 5% warmup. The batch is the largest power of two in
 tokens that still leaves 2,000 steps, from 16 sequences up to 2^19 tokens (nanochat's batch).
@@ -49,6 +50,7 @@ MIN_STEPS = 2000
 MIN_BATCH_SEQUENCES, MAX_BATCH_TOKENS = 16, 2**19
 BASE_LR, BASE_WIDTH = 2e-3, 256
 WARMUP_SHARE = 0.05
+RECIPE_MODEL = {"tie_word_embeddings": False, "zero_init_proj": True}  # the new recipe's model switches, as fitted
 UNITS = {"s": 1, "m": 60, "h": 3600}
 BUDGET_RE = re.compile(r"^(\d+(?:\.\d+)?)([smh])$")
 
@@ -92,6 +94,7 @@ class Plan:
     flops_per_token: float
     tokens: int
     steps: int
+    warmup_steps: int
     batch_size: int
     grad_accum: int
     seq_len: int
@@ -131,8 +134,7 @@ def load_fits(path: Path = FIT_PATH) -> dict[str, ScalingFit]:
 
 def model_for_depth(depth: int, base: ModelConfig) -> ModelConfig:
     """The dial: d layers of 64·d, heads of 32 (64 past depth 8), KV heads half the heads (all of an odd
-    number), SwiGLU 2.75× rounded to 64;
-    the rest (vocabulary, context, RoPE, tying, initialisation) from `base`."""
+    number), SwiGLU 2.75× rounded to 64; the rest (vocabulary, context, RoPE, tying, init) from `base`."""
     width = 64 * depth
     heads = width // (32 if depth <= 8 else 64)
     intermediate = max(64, round(2.75 * width / 64) * 64)
@@ -192,7 +194,7 @@ def time_step(model_cfg: ModelConfig, run: RunConfig, batch: int, device: torch.
 def make_plan(budget: Budget, run: RunConfig, fits: dict[str, ScalingFit], device: torch.device,
               precision: str, say=print) -> Plan:
     """Choose the depth and the run for `budget`, keeping `run`'s vocabulary, context and precision."""
-    base, seq_len = run.model, run.train.seq_len
+    base, seq_len = replace(run.model, **RECIPE_MODEL), run.train.seq_len
     fit = fits["heldout_bpb"]
     step_s = None
     if budget.flops:
@@ -221,19 +223,22 @@ def make_plan(budget: Budget, run: RunConfig, fits: dict[str, ScalingFit], devic
         steps = max(1, int(budget.seconds // step_s))
         seconds = steps * step_s
     params, tokens = matmul_parameters(model), steps * tokens_per_step
-    return Plan(depth, model, params, per_token, tokens, steps, micro, accum, seq_len, depth_lr(model.hidden_size),
+    warmup = max(1, round(WARMUP_SHARE * steps))
+    return Plan(depth, model, params, per_token, tokens, steps, warmup, micro, accum, seq_len, depth_lr(model.hidden_size),
                 run.train.muon_lr, tokens * per_token, seconds, step_s,
                 {k: f.predict(params, tokens) for k, f in fits.items()}, not fit.covers(params, tokens))
 
 
 def plan_overrides(plan: Plan) -> list[str]:
-    """The plan as `key=value` overrides of a run config: its model shape and schedule under the new
-    recipe; the config's other settings (vocabulary, context, precision, data, evaluation) stay."""
+    """The plan as `key=value` overrides of a run config: its model shape and the new recipe (untied head,
+    zero-initialised projections, Muon, WSD, the plan's lrs and schedule); the config's other settings
+    (vocabulary, context, precision, data, evaluation) stay."""
     m = plan.model
     shape = ["hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads"]
     return [*(f"model.{k}={getattr(m, k)}" for k in shape), "model.head_dim=null",
+            *(f"model.{k}={str(v).lower()}" for k, v in RECIPE_MODEL.items()),
             f"train.batch_size={plan.batch_size}", f"train.grad_accum={plan.grad_accum}",
-            f"train.max_steps={plan.steps}", f"train.warmup_steps={max(1, round(WARMUP_SHARE * plan.steps))}",
+            f"train.max_steps={plan.steps}", f"train.warmup_steps={plan.warmup_steps}",
             f"train.lr={plan.lr:.4g}", "train.optimizer=muon", f"train.muon_lr={plan.muon_lr:g}", "train.schedule=wsd"]
 
 
@@ -251,8 +256,7 @@ def describe(plan: Plan, budget: Budget, fits: dict[str, ScalingFit]) -> list[st
              f"  {plan.params:,} parameters in matmuls | {plan.flops_per_token / 1e6:,.1f} MFLOP/token | "
              f"{plan.tokens:,} tokens ({plan.tokens / plan.params:.1f} per parameter) | {plan.flops:.3g} FLOPs",
              f"  {plan.steps:,} steps × {plan.batch_size} × {plan.grad_accum} × {plan.seq_len} tokens | "
-             f"lr {plan.lr:.2e} (AdamW), muon_lr {plan.muon_lr:g} | wsd, warmup "
-             f"{max(1, round(WARMUP_SHARE * plan.steps))}"]
+             f"lr {plan.lr:.2e} (AdamW), muon_lr {plan.muon_lr:g} | wsd, warmup {plan.warmup_steps}"]
     if plan.seconds is not None:
         lines.append(f"  {plan.step_s:.3f} s/step measured here → {plan.seconds / 60:.1f} min of training steps "
                      "(evaluations and checkpoints add to it)")
@@ -275,5 +279,6 @@ def plan_run(budget_text: str, run: RunConfig, device_name: str) -> tuple[Budget
     budget = parse_budget(budget_text)
     device = pick_device(device_name)
     fits = load_fits()
-    print(f"planning for {budget} on {device} ({pick_precision(run.train.precision, device)})")
-    return budget, make_plan(budget, run, fits, device, pick_precision(run.train.precision, device)), fits
+    precision = pick_precision(run.train.precision, device)
+    print(f"planning for {budget} on {device} ({precision})")
+    return budget, make_plan(budget, run, fits, device, precision), fits
