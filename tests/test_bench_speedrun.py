@@ -287,3 +287,21 @@ def test_scaling_runs_depths_and_budgets_and_fits(inputs, tmp_path):
     got = fit(synthetic, "bpb", "synthetic")
     assert (got.alpha, got.beta) == (0.35, 0.3) and got.rmse < 1e-9
     assert pytest.approx((1.2, 50.0, 80.0)) == (got.E, got.A, got.B)
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--depths", "0"), ("--depths", "2,x"), ("--depths", "2,2"),
+                                             ("--flops", "1e13,-1"), ("--flops", "nan")])
+def test_bad_scaling_lists_are_one_line(flag, value, inputs, capsys, monkeypatch):
+    code, out, err = run_cli(["bench", "scaling", "--data", str(inputs["data"]), "--heldout", str(inputs["heldout"]),
+                              "--out", str(inputs["out"]), flag, value], capsys, monkeypatch)
+    assert f"{flag} {value!r}: expected" in one_error_line(code, err) and out == ""
+
+
+def test_nonnegative_least_squares_clamps_what_would_go_negative():
+    import numpy as np
+
+    from krmini.bench.scaling import nonnegative_lstsq
+
+    x = np.array([[1.0, 1.0], [1.0, 2.0], [1.0, 3.0]])
+    assert nonnegative_lstsq(x, np.array([3.0, 5.0, 7.0])) == pytest.approx([1.0, 2.0])  # inside: plain least squares
+    assert nonnegative_lstsq(x, np.array([3.0, 2.0, 1.0])) == pytest.approx([2.0, 0.0])  # the slope would be -1

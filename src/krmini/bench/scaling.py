@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from krmini.argtypes import POSITIVE_INT, SEED, cores
-from krmini.bench.speedrun import Scorer, interleave, plan_steps
+from krmini.bench.speedrun import Scorer, interleave, number_list, plan_steps
 from krmini.bench.speedrun_data import heldout_texts, prepared_data
 from krmini.bench.speedrun_entries import OURS_NEW, Entry, load_entries, start_entry
 from krmini.data.loader import split_windows
@@ -65,17 +65,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def parse_list(text: str, flag: str, kind):
-    try:
-        values = [kind(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if not values or not all(math.isfinite(v) and v > 0 for v in values):
-        raise KrminiError(f"{flag} {text!r}: expected positive comma-separated numbers, e.g. "
-                          f"{DEFAULT_DEPTHS if kind is int else DEFAULT_FLOPS}")
-    return values
-
-
 def depth_entries(base: Entry, depths: list[int], budgets: list[float]) -> list[tuple[Entry, float]]:
     """One entry per (depth, budget): the base recipe at the dial's shape and width-scaled lr."""
     runs = []
@@ -88,8 +77,24 @@ def depth_entries(base: Entry, depths: list[int], budgets: list[float]) -> list[
     return runs
 
 
+def nonnegative_lstsq(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least squares with every coefficient ≥ 0, by trying each set of free columns (3 columns: 8 sets)."""
+    best, best_sse = np.zeros(x.shape[1]), float(((y) ** 2).sum())
+    for mask in range(1, 2 ** x.shape[1]):
+        cols = [i for i in range(x.shape[1]) if mask >> i & 1]
+        coef, *_ = np.linalg.lstsq(x[:, cols], y, rcond=None)
+        if (coef < 0).any():
+            continue
+        full = np.zeros(x.shape[1])
+        full[cols] = coef
+        sse = float(((x @ full - y) ** 2).sum())
+        if sse < best_sse:
+            best, best_sse = full, sse
+    return best
+
+
 def fit(points: list[dict], metric: str, source: str) -> ScalingFit:
-    """Least squares of `metric` on [1, N^-α, D^-β] over a grid of exponents (E, A, B ≥ 0)."""
+    """Non-negative least squares of `metric` on [1, N^-α, D^-β] over a grid of exponents (E, A, B ≥ 0)."""
     n = np.array([p["params"] for p in points], dtype=float)
     d = np.array([p["tokens"] for p in points], dtype=float)
     y = np.array([p[metric] for p in points], dtype=float)
@@ -97,14 +102,10 @@ def fit(points: list[dict], metric: str, source: str) -> ScalingFit:
     for a in EXPONENTS:
         for b in EXPONENTS:
             x = np.stack([np.ones_like(n), n**-a, d**-b], axis=1)
-            coef, *_ = np.linalg.lstsq(x, y, rcond=None)
-            if (coef < 0).any():
-                continue
+            coef = nonnegative_lstsq(x, y)
             sse = float(((x @ coef - y) ** 2).sum())
             if best is None or sse < best[0]:
                 best = (sse, a, b, coef)
-    if best is None:
-        raise KrminiError(f"scaling fit of {metric}: no fit with E, A, B ≥ 0; add depths or budgets")
     sse, a, b, (e, big_a, big_b) = best
     return ScalingFit(E=float(e), A=float(big_a), alpha=round(float(a), 2), B=float(big_b), beta=round(float(b), 2),
                       n_range=[int(n.min()), int(n.max())], d_range=[int(d.min()), int(d.max())], metric=metric,
@@ -156,8 +157,9 @@ def run(args) -> int:
     for path in (args.json, fit_out):
         if path:
             check_output(path, "file", [args.data, args.heldout])
-    depths = parse_list(args.depths, "--depths", int)
-    budgets = parse_list(args.flops, "--flops", float)
+    depths = number_list(args.depths, "--depths", int, lambda v: 0 < v <= 32, f"depths from 1 to 32, e.g. {DEFAULT_DEPTHS}")
+    budgets = number_list(args.flops, "--flops", float, lambda v: math.isfinite(v) and v > 0,
+                          f"positive FLOP budgets, e.g. {DEFAULT_FLOPS}")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise KrminiError("--device cuda: no CUDA GPU is available")
@@ -187,6 +189,10 @@ def run(args) -> int:
                        "steps": s.step, "seconds": s.seconds, "tokens_per_s": s.tokens / max(s.seconds, 1e-9),
                        "lr": entry.cfg.train.lr, "heldout_bpb": s.curve[-1]["heldout_bpb"],
                        "val_bpb": s.curve[-1]["val_bpb"]})
+    protocol = {"depths": depths, "flops": budgets, "seed": args.seed, "device": str(device), "machine": where,
+                "threads": args.threads, "data": args.data, "heldout": args.heldout, "config": base.source}
+    if args.json:  # the runs first: a fit that goes wrong must not lose them
+        write_json_atomic(args.json, {"protocol": protocol, "points": points})
     source = f"{len(points)} runs, depths {min(depths)}–{max(depths)}, {min(budgets):.2g}–{max(budgets):.2g} FLOPs"
     fits = {metric: fit(points, metric, source) for metric in METRICS}
     print(f"{'run':<12}{'params':>11}{'tokens':>11}{'heldout':>9}{'fit':>8}{'val':>8}{'fit':>8}")
@@ -196,8 +202,6 @@ def run(args) -> int:
               f"{fits['val_bpb'].predict(p['params'], p['tokens']):>8.4f}")
     for metric, f in fits.items():
         print(f"fit {metric}: {f.E:.4f} + {f.A:.4g}/N^{f.alpha:.2f} + {f.B:.4g}/D^{f.beta:.2f} (rmse {f.rmse:.4f})")
-    protocol = {"depths": depths, "flops": budgets, "seed": args.seed, "device": str(device), "machine": where,
-                "threads": args.threads, "data": args.data, "heldout": args.heldout, "config": base.source}
     write_json_atomic(fit_out, {"protocol": protocol, "fits": {k: vars(f) for k, f in fits.items()}})
     print(f"fit: {fit_out} | curves: {plot(points, fits, out / 'scaling.png')}")
     if args.json:

@@ -97,16 +97,20 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def parse_lrs(text: str | None) -> list[float]:
-    if text is None:
-        return []
+def number_list(text: str, flag: str, kind: type, valid, expected: str) -> list:
+    """`A,B,C` → distinct values of `kind` that pass `valid`; one clear line otherwise."""
     try:
-        lrs = [float(v) for v in text.split(",")]
+        values = [kind(v) for v in text.split(",")]
     except ValueError:
-        lrs = []
-    if not lrs or not all(math.isfinite(v) and v > 0 for v in lrs):
-        raise KrminiError(f"--sweep-baseline-lr {text!r}: expected positive learning rates, e.g. 1e-3,2e-3,4e-3")
-    return lrs
+        values = []
+    if not values or not all(valid(v) for v in values) or len(set(values)) != len(values):
+        raise KrminiError(f"{flag} {text!r}: expected {expected}")
+    return values
+
+
+def parse_lrs(text: str | None) -> list[float]:
+    return [] if text is None else number_list(text, "--sweep-baseline-lr", float, lambda v: math.isfinite(v) and v > 0,
+                                               "distinct positive learning rates, e.g. 1e-3,2e-3,4e-3")
 
 
 def sweep_entries(entries: list[Entry], lrs: list[float]) -> list[Entry]:
@@ -118,16 +122,8 @@ def sweep_entries(entries: list[Entry], lrs: list[float]) -> list[Entry]:
 
 
 def parse_vocab_sizes(text: str | None) -> list[int]:
-    if text is None:
-        return []
-    try:
-        sizes = [int(v) for v in text.split(",")]
-    except ValueError:
-        sizes = []
-    if not sizes or not all(256 + 16 <= v <= 262_144 for v in sizes) or len(set(sizes)) != len(sizes):
-        raise KrminiError(f"--vocab-sizes {text!r}: expected distinct vocabulary sizes from 272 to 262144, "
-                          "e.g. 8000,16000,32000,64000")
-    return sizes
+    return [] if text is None else number_list(text, "--vocab-sizes", int, lambda v: 256 + 16 <= v <= 262_144,
+                                               "distinct vocabulary sizes from 272 to 262144, e.g. 8000,16000,32000")
 
 
 def vocab_entries(entries: list[Entry], sizes: list[int]) -> list[Entry]:

@@ -54,8 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "imported model)")
     p.add_argument("--budget", metavar="BUDGET",
                    help="size the model and run for a budget: 30m, 2h, 90s of training steps or FLOPs such as 1e17 "
-                   "(`krmini plan`: depth, width, tokens, batch and lrs from our scaling fit; vocabulary, context and "
-                   "the rest from --config)")
+                   "(`krmini plan`: depth, width, tokens, batch and lrs at about 20 tokens per parameter; vocabulary, "
+                   "context and the rest from --config)")
     p.add_argument("--data", help="shorthand for train.data_dir=…")
     p.add_argument("--out", help="shorthand for train.out_dir=…")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")

@@ -4,11 +4,13 @@
 nanochat's `--depth` does: depth d gives d layers of width 64·d (heads of 32 up to d = 8, then of
 64; half as many KV heads where the count is even; a SwiGLU width of 2.75× rounded to 64). Depth 4 is the chat-demo model.
 
-Which depth? The one our own scaling fit expects to end lowest for the budget. The fit is
-bpb(N, D) = E + A / N^α + B / D^β (Hoffmann et al.'s form), N the parameters in matmuls and D the
-training tokens, fitted by `krmini bench scaling` on speedrun runs at several depths and budgets
-(configs/speedrun/scaling-fit.json; docs/bench/scaling.md). A budget in FLOPs buys
-D = FLOPs / (FLOPs per token) at each depth, so the choice is a one-line minimum over depths.
+Which depth? The one that trains on about 20 tokens per parameter (Hoffmann et al.'s compute-optimal
+ratio, nanochat's default): a budget in FLOPs buys D = FLOPs / (FLOPs per token) at each depth, and the
+depth whose D / N is nearest 20 wins. Our own scaling fit, bpb(N, D) = E + A / N^α + B / D^β (N the
+parameters in matmuls, D the training tokens; `krmini bench scaling`, configs/speedrun/scaling-fit.json,
+docs/bench/scaling.md), gives the bits per byte to expect. It does not choose the depth: fitted on
+minute-long runs on 2 cores, where every run was limited by its tokens, it found no size term (A = 0),
+and minimising it would always pick the smallest model.
 
 A time budget becomes FLOPs through the device's measured speed: the matmul peak at an assumed
 utilisation picks a first depth, a few timed training steps of that model give its real rate, and
@@ -45,6 +47,7 @@ from krmini.train.optim import build_optimizers, optimizer_step
 FIT_PATH = PRESETS_DIR / "speedrun" / "scaling-fit.json"
 PLAN_FILE = "plan.yaml"  # `krmini train --budget` writes the planned config into the run directory
 DEPTHS = range(1, 33)
+TOKENS_PER_PARAMETER = 20  # Hoffmann et al.'s compute-optimal ratio, nanochat's default
 ASSUMED_MFU = 0.3  # only for the first guess of a time budget's depth; the plan uses the measured rate
 MIN_STEPS = 2000
 MIN_BATCH_SEQUENCES, MAX_BATCH_TOKENS = 16, 2**19
@@ -149,14 +152,16 @@ def depth_lr(width: int) -> float:
     return BASE_LR * math.sqrt(BASE_WIDTH / width)
 
 
-def best_depth(flops: float, fit: ScalingFit, base: ModelConfig, seq_len: int) -> int:
-    """The depth the fit expects to end lowest after `flops` of training (at least one step's tokens)."""
-    def loss(d: int) -> float:
+def best_depth(flops: float, base: ModelConfig, seq_len: int) -> int:
+    """The depth whose tokens per parameter, at `flops`, come nearest 20 (at least one batch of tokens)."""
+    def distance(d: int) -> float:
         c = model_for_depth(d, base)
         tokens = flops / training_flops_per_token(c, seq_len)
-        return fit.predict(matmul_parameters(c), tokens) if tokens >= MIN_BATCH_SEQUENCES * seq_len else math.inf
-    best = min(DEPTHS, key=loss)
-    if loss(best) == math.inf:
+        if tokens < MIN_BATCH_SEQUENCES * seq_len:
+            return math.inf
+        return abs(math.log(tokens / matmul_parameters(c) / TOKENS_PER_PARAMETER))
+    best = min(DEPTHS, key=distance)
+    if distance(best) == math.inf:
         raise KrminiError(f"budget of {flops:.3g} FLOPs: too small for one batch of the smallest model; give more")
     return best
 
@@ -198,18 +203,18 @@ def make_plan(budget: Budget, run: RunConfig, fits: dict[str, ScalingFit], devic
     fit = fits["heldout_bpb"]
     step_s = None
     if budget.flops:
-        depth = best_depth(budget.flops, fit, base, seq_len)
+        depth = best_depth(budget.flops, base, seq_len)
         flops = budget.flops
     else:
         rate = measure_matmul_peak(device, precision, size=1024, seconds=0.5) * ASSUMED_MFU
-        depth, tried = best_depth(budget.seconds * rate, fit, base, seq_len), {}
+        depth, tried = best_depth(budget.seconds * rate, base, seq_len), {}
         while depth not in tried:  # time the chosen depth, choose again at its measured rate
             c = model_for_depth(depth, base)
             micro, _ = batch_for(budget.seconds * rate / training_flops_per_token(c, seq_len), seq_len, device)
             tried[depth] = time_step(c, run, micro, device, precision) / (micro * seq_len)  # seconds per token
             rate = training_flops_per_token(c, seq_len) / tried[depth]
             say(f"  timed depth {depth}: {1 / tried[depth]:,.0f} tokens/s, {rate / 1e9:,.1f} GFLOP/s")
-            depth = best_depth(budget.seconds * rate, fit, base, seq_len)
+            depth = best_depth(budget.seconds * rate, base, seq_len)
         step_s = tried[depth]  # per token until the batch is known
         flops = budget.seconds / step_s * training_flops_per_token(model_for_depth(depth, base), seq_len)
     model = model_for_depth(depth, base)

@@ -13,8 +13,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "plan", help="예산에 맞는 모델·학습 설계 / size a model and run for a time or FLOP budget",
         description="From a budget (30m, 2h, 90s of training steps, or FLOPs such as 1e17) and this device's "
-        "measured speed, choose depth, width, heads, tokens, batch and learning rates by our scaling fit, and print "
-        "the plan with the bits per byte the fit expects. The vocabulary, context, precision and data come from "
+        "measured speed, choose depth, width, heads, tokens, batch and learning rates (about 20 tokens per parameter), and "
+        "print the plan with the bits per byte our scaling fit expects. The vocabulary, context, precision and data come from "
         f"--config (default: the {DEFAULT_BASE} preset). `krmini train --budget` trains the same plan.",
     )
     p.add_argument("--budget", required=True, help="30m, 2h, 90s (training-step time) or a FLOP count, e.g. 1e17")
