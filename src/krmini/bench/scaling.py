@@ -50,7 +50,7 @@ def register(subparsers) -> None:
     p.add_argument("--heldout", default=str(DEFAULT_PPL_DATA), help=f"held-out JSONL text (default {DEFAULT_PPL_DATA})")
     p.add_argument("--out", default="runs/speedrun", help="work directory, shared with `krmini bench speedrun` "
                    "(its tokenizer and data are reused); scaling.png goes there")
-    p.add_argument("--config", default="configs/speedrun/new.yaml", help="the recipe (default "
+    p.add_argument("--config", default="speedrun/new", help="the recipe (default "
                    "configs/speedrun/new.yaml); its shape is replaced by each depth's")
     p.add_argument("--depths", default=DEFAULT_DEPTHS, help=f"depths (the plan's dial; default {DEFAULT_DEPTHS})")
     p.add_argument("--flops", default=DEFAULT_FLOPS, help=f"training FLOPs per run (default {DEFAULT_FLOPS})")
@@ -166,8 +166,9 @@ def run(args) -> int:
     torch.set_num_threads(args.threads)
     base = next(e for e in load_entries([f"{OURS_NEW}={args.config}"]) if e.name == OURS_NEW)
     runs = depth_entries(base, depths, budgets)
-    tokenizer, data_dir = prepared_data(args.data, load_data_config(args.data), out, base.cfg.model.vocab_size)
-    texts = heldout_texts(read_eval_texts([args.heldout]), tokenizer, args.eval_tokens)
+    data_config, texts = load_data_config(args.data), read_eval_texts([args.heldout])  # both read before any output
+    tokenizer, data_dir = prepared_data(args.data, data_config, out, base.cfg.model.vocab_size)
+    texts = heldout_texts(texts, tokenizer, args.eval_tokens)
     seq = base.cfg.train.seq_len
     train_windows = split_windows(data_dir, "train", seq, args.seed)[0]
     precision = pick_precision(base.cfg.train.precision, device)
