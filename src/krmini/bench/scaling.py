@@ -25,8 +25,7 @@ from krmini.bench.speedrun_data import heldout_texts, prepared_data
 from krmini.bench.speedrun_entries import OURS_NEW, Entry, load_entries, start_entry
 from krmini.data.loader import split_windows
 from krmini.data.prepare import load_data_config
-from krmini.device import pick_precision
-from krmini.errors import KrminiError
+from krmini.device import pick_device, pick_precision
 from krmini.eval.ppl import DEFAULT_PPL_DATA, read_eval_texts
 from krmini.hardware import cpu
 from krmini.runs import check_output, write_json_atomic
@@ -160,9 +159,7 @@ def run(args) -> int:
     depths = number_list(args.depths, "--depths", int, lambda v: 0 < v <= 32, f"depths from 1 to 32, e.g. {DEFAULT_DEPTHS}")
     budgets = number_list(args.flops, "--flops", float, lambda v: math.isfinite(v) and v > 0,
                           f"positive FLOP budgets, e.g. {DEFAULT_FLOPS}")
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise KrminiError("--device cuda: no CUDA GPU is available")
+    device = pick_device(args.device)
     torch.set_num_threads(args.threads)
     base = next(e for e in load_entries([f"{OURS_NEW}={args.config}"]) if e.name == OURS_NEW)
     runs = depth_entries(base, depths, budgets)

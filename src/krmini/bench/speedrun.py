@@ -50,7 +50,7 @@ from krmini.bench.speedrun_entries import (
 from krmini.bench.speedrun_report import plot, summary, table
 from krmini.data.loader import split_windows
 from krmini.data.prepare import load_data_config
-from krmini.device import autocast, pick_precision
+from krmini.device import autocast, pick_device, pick_precision
 from krmini.errors import KrminiError
 from krmini.eval.ppl import DEFAULT_PPL_DATA, perplexity, read_eval_texts
 from krmini.hardware import cpu
@@ -221,9 +221,7 @@ def run(args) -> int:
     if args.json:
         check_output(args.json, "file", [args.data, args.heldout])
     lrs = parse_lrs(args.sweep_baseline_lr)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise KrminiError("--device cuda: no CUDA GPU is available")
+    device = pick_device(args.device)
     data_config = load_data_config(args.data)
     texts = read_eval_texts([args.heldout])
     entries = load_entries(args.entry)
