@@ -18,7 +18,8 @@ the depth is chosen again at that rate (and timed again if it changed). The step
 from the timed seconds per step, so the plan fits the budget on this machine.
 
 The rest follows the new recipe (configs/speedrun/new.yaml), as the fit measured it: an untied head,
-zero-initialised output projections, Muon at 0.02 for the blocks, AdamW for
+zero-initialised output projections, Muon for the blocks (its lr and the WSD decay fraction from the base
+config: chat-demo's 0.01 and 40%, measured on its 3,600-step run; the fit was made at 0.02 and 20%), AdamW for
 embeddings, head and norms at 2e-3 · sqrt(256 / width) (the lr measured at width 256, scaled as
 nanochat scales it), warmup–stable–decay with 5% warmup. The batch is the largest power of two in
 tokens that still leaves 2,000 steps, from 16 sequences up to 2^19 tokens (nanochat's batch).
