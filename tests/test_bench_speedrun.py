@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from krmini.bench import speedrun_entries as se
-from krmini.bench.speedrun import interleave, parse_lrs, plan_steps, sweep_entries
+from krmini.bench.speedrun import calibrate, interleave, parse_lrs, plan_steps, sweep_entries
 from krmini.bench.speedrun_data import prepared_data
 from krmini.bench.speedrun_report import summary, time_to_reach
 from krmini.data.prepare import load_data_config
@@ -138,11 +138,14 @@ def test_flops_budget_and_calibrated_time_budget(result, inputs):
     from krmini.data.loader import split_windows
 
     windows = split_windows(inputs["out"] / "data", "train", 32, 0)[0]
-    e = tiny_entry(inputs, "ours_default")
-    assert plan_steps(e, None, 3e8, 0, windows, se.torch.device("cpu"), "fp32") == 0.0
+    e, slow = tiny_entry(inputs, "ours_default"), tiny_entry(inputs, "slow", "train.grad_accum=4")
+    plan_steps(e, None, 3e8)
     assert e.max_steps == int(3e8 // (se.flops_per_token(e) * 128)) and e.warmup_steps == round(e.max_steps / 10)
-    step_s = plan_steps(e, 4.0, None, 0, windows, se.torch.device("cpu"), "fp32")
-    assert step_s > 0 and e.max_steps == max(1, round(4.0 / step_s))
+    step_times = calibrate([e, slow], 4.0, 0, {"ours_default": windows, "slow": windows}, se.torch.device("cpu"),
+                           {"ours_default": "fp32", "slow": "fp32"})
+    assert step_times["slow"] > 1.5 * step_times["ours_default"]  # four micro-batches a step, timed alike
+    plan_steps(e, 4.0, None, step_times["ours_default"])
+    assert e.max_steps == max(1, round(4.0 / step_times["ours_default"]))
     assert e.warmup_steps == min(e.max_steps - 1, round(e.max_steps * 10 / 100))
 
 
@@ -257,6 +260,36 @@ def test_vocabulary_sizes_each_get_their_tokenizer_and_the_same_heldout_text(inp
     with pytest.raises(KrminiError, match="--vocab-sizes"):
         from krmini.bench.speedrun import parse_vocab_sizes
         parse_vocab_sizes("8000,8000")
+
+
+def test_pretokenization_rules_each_get_their_tokenizer(inputs, tmp_path):
+    from krmini.bench.speedrun import parse_pretokenizers
+    from krmini.cli import main
+
+    report = tmp_path / "pretok.json"
+    rules = "spaces,spaces-digits-punct"
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert main(argv(inputs, "--flops", str(FLOPS), "--pretokenizers", rules, "--json", str(report))) == 0
+    record = json.loads(report.read_text(encoding="utf-8"))
+    assert list(record["entries"]) == ["pretok=spaces", "pretok=spaces-digits-punct"]
+    assert record["protocol"]["pretokenizers"] == {"pretok=spaces": "spaces",
+                                                    "pretok=spaces-digits-punct": "spaces-digits-punct"}
+    for rule in rules.split(","):
+        sub = inputs["out"] / f"pretok-{rule}"
+        assert json.loads((sub / "data.json").read_text(encoding="utf-8"))["pretokenizer"] == rule
+        pre = json.loads((sub / "tokenizer" / "tokenizer.json").read_text(encoding="utf-8"))["pre_tokenizer"]
+        assert ("Punctuation" in json.dumps(pre)) == (rule == "spaces-digits-punct")
+        assert ("Digits" in json.dumps(pre)) == (rule != "spaces")
+    a, b = record["entries"].values()
+    assert a["params"] == b["params"]  # the same vocabulary size: the same model
+    assert all(0 < e["heldout_bpb"] < e["curve"][0]["heldout_bpb"] for e in (a, b))
+    for bad in ("words", "spaces,spaces", ""):
+        with pytest.raises(KrminiError, match="--pretokenizers"):
+            parse_pretokenizers(bad)
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        assert main(argv(inputs, "--flops", str(FLOPS), "--pretokenizers", "spaces", "--vocab-sizes", "384")) == 1
+    assert "--vocab-sizes and --pretokenizers: give one of them" in err.getvalue()
 
 
 def test_scaling_runs_depths_and_budgets_and_fits(inputs, tmp_path):

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from krmini.cli import main
+from krmini.tokenizer import KoTokenizer
 
 COMMANDS = [["demo"], ["prepare"], ["tokenizer", "train"], ["model-info"], ["train"], ["generate"], ["lora", "merge"]]
 
@@ -41,6 +42,18 @@ def test_bad_corpora(tmp_path, capsys):
     assert main(["tokenizer", "train", str(latin), "--out", str(tmp_path / "t")]) == 1
     err = capsys.readouterr().err
     assert "skipped unreadable records: {'unreadable_invalid_utf8': 1}" in err and "corpus is empty" in err
+
+
+def test_tokenizer_train_takes_a_pretokenization_rule(tmp_path, capsys):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("GPU가 2024년에 나왔다. 좋다, 정말 좋다!\n" * 50, encoding="utf-8")
+    assert main(["tokenizer", "train", str(corpus), "--out", str(tmp_path / "t"), "--vocab-size", "400",
+                 "--pretokenizer", "spaces-digits-punct"]) == 0
+    tok = KoTokenizer.load(tmp_path / "t")
+    assert [tok.tok.id_to_token(i) for i in tok.encode(" 좋다!")] == ["▁좋다", "!"]  # never merged across "!"
+    with pytest.raises(SystemExit):  # argparse names the choices
+        main(["tokenizer", "train", str(corpus), "--out", str(tmp_path / "u"), "--pretokenizer", "morphemes"])
+    assert "invalid choice: 'morphemes'" in capsys.readouterr().err
 
 
 def test_bad_configs(tmp_path, capsys):

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import random
+import unicodedata
 
 import pytest
 from tokenizers import Tokenizer, pre_tokenizers
 
 from krmini.data.clean import clean_text
+from krmini.errors import KrminiError
 from krmini.tokenizer import CHAT_TOKENS, SPECIAL_TOKENS, KoTokenizer, word_cache
+from krmini.tokenizer.tokenizer import PRETOKENIZERS
 from krmini.tokenizer.word_cache import WordCachedEncoder
 from tests.conftest import read_jsonl_texts, shared_file
 
@@ -121,3 +124,43 @@ def test_word_cache_encodes_text_by_text_for_other_pipelines(tokenizer):
     ids, lengths = encoder.encode_texts(TRICKY)
     expected = [tok.encode(t, add_special_tokens=False).ids for t in TRICKY]
     assert ids.tolist() == [i for e in expected for i in e] and lengths.tolist() == [len(e) for e in expected]
+
+
+@pytest.fixture(scope="module")
+def rule_tokenizers(corpus_sample) -> dict[str, KoTokenizer]:
+    texts = [clean_text(t)[:2000] for docs in corpus_sample.values() for t in docs[:30]]
+    return {rule: KoTokenizer.train(texts, vocab_size=2000, show_progress=False, pretokenizer=rule)
+            for rule in PRETOKENIZERS}
+
+
+@pytest.mark.parametrize("rule", list(PRETOKENIZERS))
+def test_every_pretokenization_rule_is_lossless_cached_and_loads_in_transformers(rule, rule_tokenizers,
+                                                                                corpus_sample, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    tokenizer = rule_tokenizers[rule]
+    texts = WORD_EDGES + TRICKY + [clean_text(t)[:800] for t in corpus_sample["petitions.jsonl"][:40]]
+    tokenizer.save(tmp_path)
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    encoder = WordCachedEncoder(tokenizer.tok)
+    assert encoder.by_words  # every rule cuts at spaces first, so the fast path stays
+    ids, lengths = encoder.encode_texts(texts)
+    expected = [tokenizer.encode(t) for t in texts]
+    assert ids.tolist() == [i for e in expected for i in e] and lengths.tolist() == [len(e) for e in expected]
+    for text, e in zip(texts, expected, strict=True):
+        # lossless up to NFC, except that a "▁" in the text comes back as a space
+        assert tokenizer.decode(e) == unicodedata.normalize("NFC", text) or "▁" in text
+        assert hf(text)["input_ids"] == e
+
+
+def test_pretokenization_rules_cut_where_they_say(rule_tokenizers):
+    def pieces(rule: str, text: str) -> list[str]:
+        return [p for p, _ in rule_tokenizers[rule].tok.pre_tokenizer.pre_tokenize_str(text)]
+
+    text = "GPU가 2024년에 좋다."
+    assert pieces("spaces", text) == ["GPU가", "▁2024년에", "▁좋다."]
+    assert pieces("spaces-digits", text) == ["GPU가", "▁", "2", "0", "2", "4", "년에", "▁좋다."]
+    assert pieces("spaces-digits-punct", text)[-2:] == ["▁좋다", "."]
+    assert pieces("spaces-digits-script", text)[:2] == ["GPU", "가"]
+    assert pieces("spaces-digits-script", text)[-2:] == ["▁좋다", "."]  # a full stop is not Hangul
+    with pytest.raises(KrminiError, match="pretokenizer: expected one of spaces-digits, spaces, spaces-digits-punct"):
+        KoTokenizer.train(["가나다"], vocab_size=2000, pretokenizer="morphemes")

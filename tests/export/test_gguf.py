@@ -15,6 +15,8 @@ from krmini.infer.generate import SamplingConfig, generate_ids
 from krmini.infer.load import load_model
 from krmini.model import ModelConfig
 from krmini.model.llama import apply_rope, rope_cache
+from krmini.tokenizer import KoTokenizer
+from krmini.tokenizer.tokenizer import PRETOKENIZERS
 
 gguf = pytest.importorskip("gguf", reason="gguf not installed (pip install 'krmini[gguf]')")
 
@@ -92,6 +94,21 @@ def test_vocab_scores_reproduce_our_bpe(loaded):
     assert types[loaded.tokenizer.bos_id] == gguf.TokenType.CONTROL and types[tokens.index("<0xEA>")] == gguf.TokenType.BYTE
     for text in TEXTS:
         assert spm_tokenize(text, tokens, scores) == loaded.tokenizer.encode(text), text
+
+
+@pytest.mark.parametrize("rule", list(PRETOKENIZERS))
+def test_llama_cpps_tokenizer_reproduces_every_pretokenization_rule(rule):
+    """llama.cpp's "llama" tokenizer knows no pre-tokenizer: it gives our ids because no learned token
+    spans a cut of any rule (a space, a digit, a punctuation mark, a Hangul/other boundary)."""
+    from krmini.data.prepare import sample_texts
+    from krmini.demo import konlpy_corpus
+
+    texts = [t[:1500] for t in sample_texts(konlpy_corpus(), "text", 400_000)]
+    tokenizer = KoTokenizer.train(texts, vocab_size=3000, show_progress=False, pretokenizer=rule)
+    vocab = spm_vocab(tokenizer, tokenizer.vocab_size)
+    mixed = ["GPU가 2024년에 나왔다. \"좋다!\" 했다... OK? AI는 ㅋㅋ", "제3조(정의) ① 'AI'란 인공지능을 말한다."]
+    for text in TEXTS + mixed + texts[:40]:
+        assert spm_tokenize(text, vocab.tokens, vocab.scores) == tokenizer.encode(text), text[:60]
 
 
 def test_gguf_metadata_and_tensors(loaded, tmp_path):

@@ -173,7 +173,7 @@ def run(args) -> int:
     print(f"scaling: depths {depths} × budgets {budgets} FLOPs | {device} ({where}), {args.threads} threads | "
           f"{base.source}, AdamW lr scaled to the width")
     for entry, flops in runs:
-        plan_steps(entry, None, flops, args.seed, train_windows, device, precision)
+        plan_steps(entry, None, flops)
         print(f"  {entry.name:<12} {matmul_parameters(entry.cfg.model):>11,} params in matmuls | "
               f"{entry.cfg.model.num_hidden_layers} × {entry.cfg.model.hidden_size} | {entry.max_steps:,} steps")
     states = [start_entry(e, args.seed, device, precision) for e, _ in runs]

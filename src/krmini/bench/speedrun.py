@@ -8,7 +8,7 @@ The protocol (docs/bench/speedrun.md):
    `ours_default`, (c) `ours_new`, and any `--entry` — are checked to have the same parameter count
    within ±5% (the GPT-2 is sized to match).
 3. Each entry's budget becomes a number of steps before it trains: with `--flops` by dividing by its
-   FLOPs per step; with `--minutes` by timing a few steps of a throwaway copy (calibration). Its
+   FLOPs per step; with `--minutes` by timing steps of throwaway copies, in turns (calibration). Its
    learning-rate schedule then runs over exactly that many steps, as an ordinary run's would, and the
    run is reproducible from the printed step counts: a schedule driven by elapsed time would change
    with every neighbour's load on the machine.
@@ -21,6 +21,7 @@ The protocol (docs/bench/speedrun.md):
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -55,12 +56,14 @@ from krmini.errors import KrminiError
 from krmini.eval.ppl import DEFAULT_PPL_DATA, perplexity, read_eval_texts
 from krmini.hardware import cpu
 from krmini.runs import check_output, write_json_atomic
+from krmini.tokenizer.tokenizer import DEFAULT_PRETOKENIZER, PRETOKENIZERS
 from krmini.train.evaluation import evaluate
 from krmini.train.flops import measure_matmul_peak
 from krmini.train.trainer import format_seconds
 
 DEFAULT_MINUTES = 10.0  # per entry: 30 minutes of training for the three entries (plus evaluations) on 2 cores
-CALIBRATION_S = 10.0  # at most this long (and 2% of the budget) timing a throwaway copy of each entry
+CALIBRATION_ROUNDS = 5  # at least this many timed steps of each entry
+CALIBRATION_S = 10.0  # at least this long (or 2% of the budget, if less) timing a throwaway copy of each entry
 
 
 def register(subparsers) -> None:
@@ -87,6 +90,9 @@ def register(subparsers) -> None:
     p.add_argument("--vocab-sizes", metavar="V,V,...", help="instead: train ours_new once per vocabulary size, each "
                    "with its own tokenizer and data (OUT/vocab-V), for the same budget; a bigger vocabulary has a "
                    "bigger head, so parameters are not matched")
+    p.add_argument("--pretokenizers", metavar="RULE,RULE,...", help="instead: train ours_new once per "
+                   f"pre-tokenisation rule ({', '.join(PRETOKENIZERS)}), each with its own tokenizer and data "
+                   "(OUT/pretok-RULE), for the same budget")
     p.add_argument("--evals", type=POSITIVE_INT, default=10, help="evaluation points (and turns) per entry (default 10)")
     p.add_argument("--eval-tokens", type=POSITIVE_INT, default=32768, help="tokens scored per evaluation on each "
                    "held-out set (default 32768)")
@@ -126,35 +132,55 @@ def parse_vocab_sizes(text: str | None) -> list[int]:
                                                "distinct vocabulary sizes from 272 to 262144, e.g. 8000,16000,32000")
 
 
-def vocab_entries(entries: list[Entry], sizes: list[int]) -> list[Entry]:
-    """ours_new once per vocabulary size (named vocab=…)."""
+def parse_pretokenizers(text: str | None) -> list[str]:
+    rules = [] if text is None else text.split(",")
+    if rules and (not set(rules) <= set(PRETOKENIZERS) or len(set(rules)) != len(rules)):
+        raise KrminiError(f"--pretokenizers {text!r}: expected distinct rules from {', '.join(PRETOKENIZERS)}")
+    return rules
+
+
+def tokenizer_variants(entries: list[Entry], sizes: list[int], rules: list[str]) -> list[tuple[Entry, str, str]]:
+    """ours_new once per vocabulary size (named vocab=…) or pre-tokenisation rule (pretok=…), each with
+    the pre-tokenisation rule and the work subdirectory of its own tokenizer and data."""
+    if sizes and rules:
+        raise KrminiError("--vocab-sizes and --pretokenizers: give one of them (each sweep keeps the other fixed)")
     new = next(e for e in entries if e.name == OURS_NEW)
-    return [replace(new, name=f"vocab={v}", source=f"{new.source}:model.vocab_size={v}",
-                    cfg=replace(new.cfg, model=replace(new.cfg.model, vocab_size=v))) for v in sizes]
+    by_size = [(replace(new, name=f"vocab={v}", source=f"{new.source}:model.vocab_size={v}",
+                        cfg=replace(new.cfg, model=replace(new.cfg.model, vocab_size=v))), DEFAULT_PRETOKENIZER,
+                f"vocab-{v}") for v in sizes]
+    return by_size + [(replace(new, name=f"pretok={r}", source=f"{new.source} with {r}"), r, f"pretok-{r}")
+                      for r in rules]
 
 
-def plan_steps(entry: Entry, budget_s: float | None, budget_flops: float | None, seed: int, windows,
-               device: torch.device, precision: str) -> float:
-    """Set the entry's step count (and warmup, the config's share of its steps) from the budget;
-    returns the calibrated seconds per step (0 under a FLOPs budget)."""
+def calibrate(entries: list[Entry], budget_s: float, seed: int, windows: dict, device: torch.device,
+              precisions: dict[str, str]) -> dict[str, float]:
+    """Seconds per step of each entry, timed on throwaway copies in turns: one step of each, round after
+    round, for at least `CALIBRATION_ROUNDS` rounds and `CALIBRATION_S` (or 2% of the budget) per entry,
+    so that a change in the machine's speed falls on every entry alike. Each entry's figure is the median
+    of its steps, so one step slowed by a neighbour does not move it."""
+    probes = [start_entry(e, seed, device, precisions[e.name]) for e in entries]
+    for probe in probes:
+        train_steps(probe, windows[probe.entry.name], 1, device)  # first-step costs (allocations, kernels) left out
+    limit, times = min(CALIBRATION_S, 0.02 * budget_s), {e.name: [] for e in entries}
+    while min(len(v) for v in times.values()) < CALIBRATION_ROUNDS or min(sum(v) for v in times.values()) < limit:
+        for probe in probes:
+            start = time.perf_counter()
+            train_steps(probe, windows[probe.entry.name], 1, device)  # returns a float: the step has finished
+            times[probe.entry.name].append(time.perf_counter() - start)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def plan_steps(entry: Entry, budget_s: float | None, budget_flops: float | None, step_s: float = 0.0) -> None:
+    """Set the entry's step count (and warmup, the config's share of its steps) from the budget: FLOPs
+    divided by its FLOPs per step, or seconds by its calibrated seconds per step."""
     t = entry.cfg.train
     tokens_per_step = t.batch_size * t.grad_accum * t.seq_len
-    step_s = 0.0
     if budget_flops is not None:
         steps = int(budget_flops // (flops_per_token(entry) * tokens_per_step))
     else:
-        probe = start_entry(entry, seed, device, precision)
-        train_steps(probe, windows, 1, device)  # first-step costs (allocations, kernel choice) left out
-        limit, n, start = min(CALIBRATION_S, 0.02 * budget_s), 0, time.perf_counter()
-        while n < 3 or time.perf_counter() - start < limit:
-            train_steps(probe, windows, 1, device)
-            n += 1
-        step_s = (time.perf_counter() - start) / n
         steps = round(budget_s / step_s)
-        del probe
     entry.max_steps = max(1, steps)
     entry.warmup_steps = min(entry.max_steps - 1, round(entry.max_steps * t.warmup_steps / t.max_steps))
-    return step_s
 
 
 class Scorer:
@@ -227,14 +253,13 @@ def run(args) -> int:
     entries = load_entries(args.entry)
     if lrs:
         entries = sweep_entries(entries, lrs)
-    vocabs = parse_vocab_sizes(args.vocab_sizes)
-    if vocabs:
-        entries = vocab_entries(entries, vocabs)
+    variants = tokenizer_variants(entries, parse_vocab_sizes(args.vocab_sizes), parse_pretokenizers(args.pretokenizers))
     torch.set_num_threads(args.threads)
-    if vocabs:  # each size has its own tokenizer and data; a bigger vocabulary is a bigger head: nothing to match
+    if variants:  # each has its own tokenizer and data; a bigger vocabulary is a bigger head: nothing to match
+        entries = [e for e, _, _ in variants]
         counts = {e.name: {"matmul": matmul_count(e), "total": total_parameters(build_model(e))} for e in entries}
-        data = {e.name: prepared_data(args.data, data_config, out / f"vocab-{v}", v)
-                for e, v in zip(entries, vocabs, strict=True)}
+        data = {e.name: prepared_data(args.data, data_config, out / sub, e.cfg.model.vocab_size, rule)
+                for e, rule, sub in variants}
     else:
         reference = next(e for e in entries if e.name == REFERENCE)
         counts = match_parameters(entries)
@@ -257,8 +282,10 @@ def run(args) -> int:
     budget = f"{args.flops:.3g} FLOPs" if args.flops else f"{budget_s / 60:g} min of training steps"
     where = cpu().model if device.type == "cpu" else torch.cuda.get_device_name(device)
     print(f"speedrun: {len(entries)} entries × {budget} each | {device} ({where}), {args.threads} threads | seed {args.seed} | {args.evals} evaluations of {args.eval_tokens:,} tokens per set")
+    step_times = {} if args.flops else calibrate(entries, budget_s, args.seed, train_windows, device, precisions)
     for e in entries:
-        step_s = plan_steps(e, budget_s, args.flops, args.seed, train_windows[e.name], device, precisions[e.name])
+        step_s = step_times.get(e.name, 0.0)
+        plan_steps(e, budget_s, args.flops, step_s)
         shape = (f"GPT-2 {e.gpt2.n_layer} layers × {e.gpt2.n_embd} wide" if e.gpt2 else
                  f"ours {e.cfg.model.num_hidden_layers} layers × {e.cfg.model.hidden_size} wide")
         print(f"  {e.name:<16} {counts[e.name]['matmul']:>11,} params in matmuls ({counts[e.name]['total']:,} in all) | "
@@ -288,6 +315,7 @@ def run(args) -> int:
                     "eval_tokens": args.eval_tokens, "seed": args.seed, "device": str(device), "threads": args.threads,
                     "machine": where, "data": args.data, "heldout": args.heldout, "heldout_documents": len(texts),
                     "vocab_sizes": {n: d[0].vocab_size for n, d in data.items()},
+                    "pretokenizers": {e.name: rule for e, rule, _ in variants},
                     "eval_seconds": sum({id(v): v.seconds for v in scorers.values()}.values())}
         write_json_atomic(args.json, {"protocol": protocol, "peaks": peaks, **record})
     return 0

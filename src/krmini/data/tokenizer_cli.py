@@ -19,7 +19,14 @@ from krmini.data.split import texts_in_split
 from krmini.errors import KrminiError
 from krmini.runs import TOKENIZER_DIR, check_output, check_target, resolve_checkpoint, staged_dir
 from krmini.tokenizer.extend import extend, fingerprint, save_extension
-from krmini.tokenizer.tokenizer import MIN_VOCAB_SIZE, TOKENIZER_FILE, VOCAB_SIZE, KoTokenizer
+from krmini.tokenizer.tokenizer import (
+    DEFAULT_PRETOKENIZER,
+    MIN_VOCAB_SIZE,
+    PRETOKENIZERS,
+    TOKENIZER_FILE,
+    VOCAB_SIZE,
+    KoTokenizer,
+)
 
 
 def register(subparsers) -> None:
@@ -31,6 +38,8 @@ def register(subparsers) -> None:
     t.add_argument("--out", required=True, help="output directory")
     t.add_argument("--vocab-size", type=VOCAB_SIZE, default=32000,
                    help=f"vocabulary size, {MIN_VOCAB_SIZE} to 2^32 (default: 32000)")
+    t.add_argument("--pretokenizer", choices=list(PRETOKENIZERS), default=DEFAULT_PRETOKENIZER,
+                   help="where text is cut before BPE: " + "; ".join(f"{k}: {v}" for k, v in PRETOKENIZERS.items()))
     t.add_argument("--text-field", default="text", help="JSONL field holding the text")
     t.add_argument("--max-mb", type=POSITIVE_NUMBER, default=200.0,
                    help="train on at most this many MB of text, > 0 (default: 200)")
@@ -67,7 +76,7 @@ def run_train(args) -> int:
     counts: Counter = Counter()
     texts = sample_texts(args.inputs, args.text_field, int(args.max_mb * 1e6), counts, args.strict)
     try:
-        tokenizer = KoTokenizer.train(texts, vocab_size=args.vocab_size)
+        tokenizer = KoTokenizer.train(texts, vocab_size=args.vocab_size, pretokenizer=args.pretokenizer)
     finally:
         _say_unreadable(counts)
     tokenizer.save(args.out)

@@ -3,7 +3,8 @@
 Why this shape (Llama-2 style): text is split at spaces, each space becoming part of the next word
 as "▁"; BPE merges frequent character sequences (Hangul syllables are single characters, so common
 words become one token); any character the vocabulary lacks is spelled as its UTF-8 bytes
-`<0xEA><0xB0><0x80>` — there is no `<unk>`, every string round-trips. Digits are split one by one.
+`<0xEA><0xB0><0x80>` — there is no `<unk>`, every string round-trips. Digits are split one by one
+(the default of `PRETOKENIZERS`, the rules that can cut text before BPE).
 
 Ids: the special tokens first, then the 256 byte tokens, then the learned merges. The directory it
 saves (`tokenizer.json` + `tokenizer_config.json`) loads in `transformers.AutoTokenizer` as-is.
@@ -19,7 +20,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from krmini.argtypes import integer
 from krmini.errors import KrminiError
@@ -45,13 +46,39 @@ VOCAB_SIZE = integer(MIN_VOCAB_SIZE, MAX_VOCAB_SIZE)  # the parser type of every
 META = "▁"  # what Metaspace puts in place of a space
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
+# Pre-tokenisation: how text is cut into pieces before BPE, which merges only inside a piece. Every rule
+# cuts at spaces first, so a word is encoded the same wherever it stands; the rest cut words further.
+# `krmini bench speedrun --pretokenizers` compares them by held-out bits per byte (docs/bench/speedrun.md).
+PRETOKENIZERS = {
+    "spaces-digits": "at spaces, and digits one by one (the default)",
+    "spaces": "at spaces only (digits merge into numbers and words)",
+    "spaces-digits-punct": "at spaces, digits one by one, and each punctuation mark alone",
+    "spaces-digits-script": "at spaces, digits one by one, and where Hangul meets other characters (GPU|가, 다|.)",
+}
+# The default stays (docs/bench/speedrun.md): in two speedrun runs the others were ahead by at most 1.1% on held-out
+# bits per byte; "punct" and "script" cost 1.4–2.1% more tokens per character, "script" was 1.3% behind on the
+# demo corpus, and "spaces" (3.6% fewer tokens) was 6–7% behind on the validation split.
+DEFAULT_PRETOKENIZER = "spaces-digits"
+# a run of Hangul, or a run of anything else, each with the "▁" before it; a lone "▁" before a digit
+_SCRIPT_RUNS = Regex(r"▁?\p{Hangul}+|▁?[^\p{Hangul}▁]+|▁")
 
 
-def _pipeline(tok: Tokenizer) -> Tokenizer:
+def _pre_tokenizer(rule: str) -> pre_tokenizers.PreTokenizer:
+    if rule not in PRETOKENIZERS:
+        raise KrminiError(f"pretokenizer: expected one of {', '.join(PRETOKENIZERS)}, got {rule!r}")
+    steps = [pre_tokenizers.Metaspace(replacement=META, prepend_scheme="never")]
+    if rule != "spaces":
+        steps.append(pre_tokenizers.Digits(individual_digits=True))
+    if rule == "spaces-digits-punct":
+        steps.append(pre_tokenizers.Punctuation(behavior="isolated"))
+    if rule == "spaces-digits-script":
+        steps.append(pre_tokenizers.Split(_SCRIPT_RUNS, behavior="isolated"))
+    return pre_tokenizers.Sequence(steps)
+
+
+def _pipeline(tok: Tokenizer, pretokenizer: str) -> Tokenizer:
     tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Metaspace(replacement=META, prepend_scheme="never"), pre_tokenizers.Digits(individual_digits=True)]
-    )
+    tok.pre_tokenizer = _pre_tokenizer(pretokenizer)
     # prepend_scheme="never" and no Strip: decoding any slice of ids gives exactly its text, which
     # keeps round trips lossless and lets streaming decode piece by piece.
     tok.decoder = decoders.Sequence([decoders.Replace(META, " "), decoders.ByteFallback(), decoders.Fuse()])
@@ -75,8 +102,10 @@ class KoTokenizer:
     # ---- training -------------------------------------------------------------------------------
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = 32000, min_frequency: int = 2,
-              limit_alphabet: int = 4000, show_progress: bool = True) -> KoTokenizer:
-        """Learn merges from `texts`, then lay out ids as specials, bytes, merges."""
+              limit_alphabet: int = 4000, show_progress: bool = True,
+              pretokenizer: str = DEFAULT_PRETOKENIZER) -> KoTokenizer:
+        """Learn merges from `texts`, then lay out ids as specials, bytes, merges. `pretokenizer` is one of
+        `PRETOKENIZERS`; the saved tokenizer.json carries it, so loading needs nothing more."""
         reserved = len(SPECIAL_TOKENS) + len(BYTE_TOKENS)
         if not MIN_VOCAB_SIZE <= vocab_size <= MAX_VOCAB_SIZE:
             raise KrminiError(f"vocab_size: expected {MIN_VOCAB_SIZE} to {MAX_VOCAB_SIZE}, got {vocab_size}")
@@ -89,7 +118,7 @@ class KoTokenizer:
             special_tokens=SPECIAL_TOKENS,
             show_progress=show_progress,
         )
-        draft = _pipeline(Tokenizer(models.BPE(byte_fallback=True)))
+        draft = _pipeline(Tokenizer(models.BPE(byte_fallback=True)), pretokenizer)
         draft.train_from_iterator(texts, trainer)
         learned = json.loads(draft.to_str())["model"]
         learned_vocab = sorted(learned["vocab"].items(), key=lambda kv: kv[1])
@@ -99,7 +128,8 @@ class KoTokenizer:
         for token, _ in learned_vocab:
             vocab.setdefault(token, len(vocab))
         merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in learned["merges"]]
-        tok = _pipeline(Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=True, fuse_unk=False)))
+        tok = _pipeline(Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=True, fuse_unk=False)),
+                        pretokenizer)
         tok.add_special_tokens(SPECIAL_TOKENS)
         return cls(tok)
 

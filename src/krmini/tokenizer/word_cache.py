@@ -20,6 +20,7 @@ from tokenizers import Tokenizer
 
 from krmini.tokenizer.tokenizer import META
 
+CUTTERS = ("Digits", "Punctuation", "Split")  # steps that only cut a piece into smaller ones (unless they remove text)
 MAX_WORDS = 250_000  # remembered words (~50 MB a process); past this, or past MAX_TOKENS ids, memory starts over
 MAX_TOKENS = 1 << 22
 
@@ -27,9 +28,11 @@ MAX_TOKENS = 1 << 22
 def applies(tok: Tokenizer) -> bool:
     """Whether a space always starts a new piece for `tok`, so that words can be encoded alone.
 
-    True for this project's pipeline: NFC or no normalizer, Metaspace("▁", split, never prepend),
-    then only Digits, then BPE without dropout, and "▁" in the vocabulary (a word's first token
-    starts with it, which is how a batch of joined words is cut back into words).
+    True for this project's pipelines: NFC or no normalizer, Metaspace("▁", split, never prepend),
+    then only steps that cut pieces further (Digits, Punctuation, a regex Split: a Sequence applies
+    them to each piece alone, so they never see across a space), then BPE without dropout, and "▁"
+    in the vocabulary (a word's first token starts with it, which is how a batch of joined words is
+    cut back into words).
     """
     spec = json.loads(tok.to_str())
     pre = spec.get("pre_tokenizer") or {}
@@ -38,7 +41,7 @@ def applies(tok: Tokenizer) -> bool:
     model = spec.get("model", {})
     return (bool(steps) and steps[0].get("type") == "Metaspace" and steps[0].get("replacement") == META
             and steps[0].get("split", True) and steps[0].get("prepend_scheme") == "never"
-            and all(step.get("type") == "Digits" for step in steps[1:])
+            and all(step.get("type") in CUTTERS and step.get("behavior") != "Removed" for step in steps[1:])
             and (normalizer is None or normalizer.get("type") == "NFC")
             and model.get("type") == "BPE" and model.get("dropout") is None
             and spec.get("truncation") is None and tok.token_to_id(META) is not None)
