@@ -2,9 +2,9 @@
 
 Both live in the work directory (`--out`) beside `data.json`, which records the key they were made
 for: the data config's text, the size and modification time of every source file, the
-vocabulary size and the pre-tokenisation rule. A later run with the same key reuses them; any change rebuilds both. The
-tokenizer learns only from documents that `krmini prepare` puts in train (`texts_in_split`), so the
-validation split stays unseen by it too.
+vocabulary size and the pre-tokenisation rule. A later run with the same key reuses them; any
+change rebuilds both. The tokenizer learns only from documents that `krmini prepare` puts in train
+(`texts_in_split`), so the validation split stays unseen by it too.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def cache_key(config_path: str | Path, config: DataConfig, vocab_size: int, pret
             files.append([str(path), stat.st_size if stat else None, stat.st_mtime_ns if stat else None])
     record = {"format": FORMAT, "config": Path(config_path).read_text(encoding="utf-8"), "files": files,
               "vocab_size": vocab_size}
-    if pretokenizer != "spaces-digits":  # the rule of every directory made before the option: those stay valid
+    if pretokenizer != "spaces-digits":  # the rule of every directory made before the option: they stay valid
         record["pretokenizer"] = pretokenizer
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
