@@ -56,7 +56,7 @@ PRETOKENIZERS = {
     "spaces-digits-script": "at spaces, digits one by one, and where Hangul meets other characters (GPU|가, 다|.)",
 }
 # The default stays (docs/bench/speedrun.md): in two speedrun runs the others were ahead by at most 1.1% on held-out
-# bits per byte; "punct" and "script" cost 1.4–2.1% more tokens per character, "script" was 1.3% behind on the
+# bits per byte; "punct" and "script" cost 1.5–2.1% more tokens per character, "script" was 1.3% behind on the
 # demo corpus, and "spaces" (3.6% fewer tokens) was 6–7% behind on the validation split.
 DEFAULT_PRETOKENIZER = "spaces-digits"
 # a run of Hangul, or a run of anything else, each with the "▁" before it; a lone "▁" before a digit
