@@ -104,7 +104,8 @@ def register(subparsers) -> None:
 
 
 def number_list(text: str, flag: str, kind: type, valid, expected: str) -> list:
-    """`A,B,C` → distinct values of `kind` that pass `valid`; one clear line otherwise."""
+    """`A,B,C` → distinct values of `kind` (numbers, or names with `str`) that pass `valid`; one clear line
+    otherwise."""
     try:
         values = [kind(v) for v in text.split(",")]
     except ValueError:
@@ -133,10 +134,8 @@ def parse_vocab_sizes(text: str | None) -> list[int]:
 
 
 def parse_pretokenizers(text: str | None) -> list[str]:
-    rules = [] if text is None else text.split(",")
-    if rules and (not set(rules) <= set(PRETOKENIZERS) or len(set(rules)) != len(rules)):
-        raise KrminiError(f"--pretokenizers {text!r}: expected distinct rules from {', '.join(PRETOKENIZERS)}")
-    return rules
+    return [] if text is None else number_list(text, "--pretokenizers", str, lambda r: r in PRETOKENIZERS,
+                                               f"distinct rules from {', '.join(PRETOKENIZERS)}")
 
 
 def tokenizer_variants(entries: list[Entry], sizes: list[int], rules: list[str]) -> list[tuple[Entry, str, str]]:
